@@ -1,0 +1,37 @@
+# Two commands for a fresh machine (only Python needed): `make serve` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TORCH  ?= torch==2.13.0
+EXTRAS ?= cpu,bench,dev
+
+.PHONY: install serve test test-all lint bench-frozen clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: a bare requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install  ## start the server on the bundled CIFAR-10 model (http://127.0.0.1:8000/docs)
+	$(BIN)/tta-server serve
+
+test: install  ## the CI suite
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench-frozen: install
+	$(BIN)/tta-bench frozen-forward --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,203 @@
+"""The adapter interface and its registry.
+
+An adapter wraps a shared, frozen :class:`SourceModel` for ONE stream and keeps only what
+differs from the source (moved parameters, optimizer state, EMA copies). Lifecycle::
+
+    adapter = create_adapter("tent", source, {"optimizer": {"lr": 5e-4}})
+    logits = adapter.forward_and_adapt(batch)   # prediction for batch, then one update
+    snapshot = adapter.state_dict()             # per-stream tensors only
+    adapter.reset()                             # back to the source
+
+Subclasses implement ``_setup`` (build per-stream state from the source), ``_forward_and_adapt``,
+optionally ``_predict``, and list their per-stream tensors in ``_state_tensors``; everything else
+(validation, step counting, snapshot format, exact ``state_bytes``, reset) lives here once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor
+
+from adapters.artefacts import ArtefactStore
+from adapters.blocks.losses import entropy
+from adapters.errors import AdapterError, InputError
+from adapters.registry import Registry
+from adapters.source_model import SourceModel
+
+STATE_FORMAT = 1
+
+
+class AdapterConfig(BaseModel):
+    """Common settings; each adapter extends this with its paper's hyper-parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(0, description="seed of the adapter's own random generator")
+
+
+class Adapter(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[AdapterConfig]] = AdapterConfig
+    required_artefacts: ClassVar[tuple[str, ...]] = ()
+    needs_trainable_source: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+
+    def __init__(self, source: SourceModel, config: AdapterConfig | dict[str, Any] | None = None) -> None:
+        self.source = source
+        self.config = self.parse_config(config)
+        if self.needs_trainable_source and not source.trainable:
+            raise AdapterError(
+                f"adapter {self.name!r} needs a torch module but model {source.model_id} is inference-only "
+                "(ONNX without a converter); use the 'source' adapter"
+            )
+        store = ArtefactStore(source)
+        store.require(self.required_artefacts, f"adapter {self.name!r}")
+        self.artefacts = {name: store.load(name) for name in self.required_artefacts}
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.steps = 0
+        self._last: dict[str, float] = {}
+        self._setup()
+
+    @classmethod
+    def parse_config(cls, config: AdapterConfig | dict[str, Any] | None) -> AdapterConfig:
+        if isinstance(config, cls.Config):
+            return config
+        if isinstance(config, AdapterConfig):
+            raise AdapterError(f"adapter {cls.name!r} takes {cls.Config.__name__}, got {type(config).__name__}")
+        try:
+            return cls.Config.model_validate(config or {})
+        except ValidationError as exc:
+            raise AdapterError(f"invalid config for adapter {cls.name!r}: {exc}") from exc
+
+    # -- what subclasses implement -------------------------------------------------------------
+    @abstractmethod
+    def _setup(self) -> None:
+        """Build the per-stream state from the source (also called by ``reset``)."""
+
+    @abstractmethod
+    def _forward_and_adapt(self, x: Tensor) -> Tensor:
+        """Logits for ``x`` as the paper returns them (pre-update), then one update."""
+
+    def _predict(self, x: Tensor) -> Tensor:
+        """Logits for ``x`` from the current state, without updating it."""
+        raise NotImplementedError
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        """Every per-stream tensor, by a stable name (shared frozen parts excluded)."""
+        return {}
+
+    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        if tensors:
+            raise AdapterError(f"adapter {self.name!r} has no per-stream tensors, got {sorted(tensors)[:3]}")
+
+    def _diagnostics(self) -> dict[str, float]:
+        return {}
+
+    # -- the public interface ------------------------------------------------------------------
+    def forward_and_adapt(self, x: Tensor) -> Tensor:
+        """Predict ``x`` (N, 3, H, W) in [0, 1], then adapt on it; returns detached logits."""
+        self.validate(x)
+        logits = self._forward_and_adapt(x).detach()
+        self.steps += 1
+        self._record(logits)
+        return logits
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predict without changing any state (for batches too small to adapt on)."""
+        self.validate(x)
+        with torch.no_grad():
+            logits = self._predict(x).detach()
+        self._record(logits)
+        return logits
+
+    def reset(self) -> None:
+        """Back to the source: state, optimizer, random generator and step count."""
+        self.generator.manual_seed(self.config.seed)
+        self.steps = 0
+        self._last = {}
+        self._setup()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "adapter": self.name,
+            "model_id": self.source.model_id,
+            "config": self.config.model_dump(mode="json"),
+            "steps": self.steps,
+            "generator": self.generator.get_state(),
+            "tensors": {k: v.detach().clone() for k, v in self._state_tensors().items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, expected in (("adapter", self.name), ("model_id", self.source.model_id)):
+            if state.get(key) != expected:
+                raise AdapterError(f"state is for {key} {state.get(key)!r}, this adapter has {expected!r}")
+        if state.get("config") != self.config.model_dump(mode="json"):
+            raise AdapterError(f"state was saved with another {self.name!r} config; create the adapter with it first")
+        self._load_state_tensors(state["tensors"])
+        self.steps = int(state["steps"])
+        self.generator.set_state(state["generator"])
+
+    def state_bytes(self) -> int:
+        """Bytes of this stream's own tensors (the shared frozen model is not counted)."""
+        return sum(t.numel() * t.element_size() for t in self._state_tensors().values())
+
+    def diagnostics(self) -> dict[str, float]:
+        """Signals of the last batch: mean entropy and confidence, plus the method's own."""
+        return {**self._last, **self._diagnostics()}
+
+    def validate(self, x: Any) -> None:
+        expected = self.source.input_shape
+        if not isinstance(x, Tensor):
+            raise InputError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise InputError(
+                f"expected a float tensor with values in [0, 1], got dtype {x.dtype} (divide uint8 by 255)"
+            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected or x.shape[0] == 0:
+            raise InputError(f"expected shape (N>=1, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise InputError("batch contains NaN or infinite values")
+        low, high = float(x.min()), float(x.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise InputError(
+                f"values must lie in [0, 1] (normalisation happens inside the model); got [{low:.3g}, {high:.3g}]"
+            )
+
+    def _record(self, logits: Tensor) -> None:
+        probs = logits.float().softmax(1)
+        self._last = {
+            "mean_entropy": float(entropy(logits.float()).mean()),
+            "mean_confidence": float(probs.amax(1).mean()),
+        }
+
+
+A = TypeVar("A", bound=type[Adapter])
+ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
+
+
+def register_adapter(name: str) -> Any:
+    """Class decorator: ``@register_adapter("tent")`` sets ``name`` and registers the class."""
+
+    def decorator(cls: A) -> A:
+        cls.name = name
+        ADAPTERS.register(name)(cls)
+        return cls
+
+    return decorator
+
+
+def list_adapters(pattern: str = "*") -> list[str]:
+    return ADAPTERS.names(pattern)
+
+
+def get_adapter_class(name: str) -> type[Adapter]:
+    return ADAPTERS.get(name)
+
+
+def create_adapter(name: str, source: SourceModel, config: AdapterConfig | dict[str, Any] | None = None) -> Adapter:
+    return ADAPTERS.get(name)(source, config)

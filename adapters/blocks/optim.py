@@ -1,0 +1,53 @@
+"""Optimizer factory with the papers' defaults (methods.md B6) and per-stream state I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+
+class OptimizerConfig(BaseModel):
+    """Adam: betas (0.9, 0.999), no weight decay. SGD: momentum 0.9, Nesterov, no weight decay."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0)
+
+
+def make_optimizer(params: Iterable[Tensor], config: OptimizerConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if not params:
+        raise ValueError("no trainable parameters for the optimizer")
+    if config.name == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, Tensor]:
+    """The optimizer's per-parameter state as flat ``"<index>.<key>"`` tensors."""
+    out: dict[str, Tensor] = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{index}.{key}"] = value if isinstance(value, Tensor) else torch.tensor(value)
+    return out
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> None:
+    """Inverse of :func:`optimizer_tensors`; param groups come from the optimizer's own config."""
+    state: dict[int, dict[str, Tensor]] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value.clone()
+    current = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})

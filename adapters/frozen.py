@@ -1,0 +1,145 @@
+"""Frozen forwards (source statistics, no gradient) through torch or ONNX Runtime.
+
+ONNX Runtime fuses BatchNorm into the convolutions and is faster on CPU; the exported graph is
+cached on disk under a name derived from the weights hash, so a changed model never reuses a
+stale export. Both backends agree to 1e-4 on logits (tested).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from adapters.source_model import SourceModel, state_sha256
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+ONNX_OPSET = 18
+
+
+class FrozenForward(Protocol):
+    backend: str
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class TorchFrozenForward:
+    """Eval-mode forward under ``inference_mode`` with channels_last inputs."""
+
+    backend = "torch"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.module(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+
+
+class OnnxFrozenForward:
+    """An ONNX Runtime session over an exported graph; thread-safe ``run``."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+
+    def __call__(self, x: Tensor) -> Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (logits,) = self.session.run(None, {self.input_name: array})
+        return torch.from_numpy(logits)
+
+
+def onnx_cache_dir() -> Path:
+    env = os.environ.get("TTA_CACHE_DIR")
+    return (Path(env) if env else Path.home() / ".cache" / "tta-server") / "onnx"
+
+
+_export_lock = threading.Lock()
+
+
+def export_onnx(source: SourceModel, cache_dir: Path | None = None) -> Path:
+    """Export ``source.module`` (normaliser included) with a dynamic batch axis, once per hash."""
+    directory = cache_dir or onnx_cache_dir()
+    # Keyed by the content of the whole module (weights and input normaliser), never by name.
+    digest = state_sha256(source.module.state_dict())
+    path = directory / f"{source.name}-{digest[:16]}-opset{ONNX_OPSET}.onnx"
+    with _export_lock:
+        if path.is_file():
+            return path
+        directory.mkdir(parents=True, exist_ok=True)
+        example = torch.rand(2, *source.input_shape)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        module = source.module.eval()
+        try:
+            with warnings.catch_warnings():
+                # The TorchScript-based exporter is faster and exact for these CNNs.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(tmp),
+                    input_names=["images"],
+                    output_names=["logits"],
+                    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=ONNX_OPSET,
+                    dynamo=False,
+                )
+        except Exception:  # the TorchScript-based exporter cannot trace every module
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                opset_version=ONNX_OPSET,
+                dynamo=True,
+            )
+        tmp.replace(path)
+    return path
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def get_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
+    """The frozen forward of ``source`` for ``backend``, built once and shared by all streams."""
+    key = f"frozen_forward:{backend}"
+    with _export_lock:
+        cached = source.cache.get(key)
+    if cached is None:
+        cached = create_frozen_forward(source, backend)
+        with _export_lock:
+            cached = source.cache.setdefault(key, cached)
+    return cached  # type: ignore[no-any-return]
+
+
+def create_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
+    """A new frozen forward of ``source``; ``auto`` picks ONNX Runtime when it is installed."""
+    if not source.trainable:  # an ONNX model: its module already runs in ONNX Runtime
+        return TorchFrozenForward(source.module)
+    if backend == "torch" or (backend == "auto" and not onnxruntime_available()):
+        return TorchFrozenForward(source.module)
+    if not onnxruntime_available():
+        raise RuntimeError("backend 'onnxruntime' requested but onnxruntime is not installed")
+    return OnnxFrozenForward(export_onnx(source))

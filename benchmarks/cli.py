@@ -1,0 +1,82 @@
+"""``tta-bench``: train the source model, prepare its artefacts, measure frozen forwards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _model_kwargs(text: str | None) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tta-bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("train-source", help="train the bundled CIFAR-10 model", add_help=False)
+
+    prep = commands.add_parser("prepare", help="build missing source artefacts for a model")
+    prep.add_argument("--model", default="cifar10-airbench")
+    prep.add_argument("--model-kwargs", help="JSON arguments of the model factory")
+    prep.add_argument("--data", type=Path, help="CIFAR-10 directory or tarball (default: ../shared/data)")
+    prep.add_argument("--artefacts", help="comma-separated names (default: all registered)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if present")
+
+    frozen = commands.add_parser("frozen-forward", help="images/s of torch eager vs ONNX Runtime")
+    frozen.add_argument("--model", default="cifar10-airbench")
+    frozen.add_argument("--batch-sizes", default="1,64,200")
+    frozen.add_argument("--repeats", type=int, default=15)
+    frozen.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+    speed = commands.add_parser("adapter-speed", help="images/s of forward_and_adapt per adapter")
+    speed.add_argument("--model", default="cifar10-airbench")
+    speed.add_argument("--adapters", default="source:torch,source:onnxruntime,norm,tent")
+    speed.add_argument("--batch-size", type=int, default=200)
+    speed.add_argument("--repeats", type=int, default=15)
+    speed.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train-source":
+        from benchmarks.train_source import main as train_main
+
+        train_main(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+
+    from adapters import create_source_model
+
+    if args.command == "prepare":
+        from benchmarks.datasets.cifar10 import find_shared_cifar10
+        from benchmarks.prepare import prepare
+
+        data = args.data or find_shared_cifar10()
+        if data is None:
+            sys.exit("no --data given and ../shared/data/cifar10-jpeg.tar.gz not found")
+        source = create_source_model(args.model, **_model_kwargs(args.model_kwargs))
+        names = args.artefacts.split(",") if args.artefacts else None
+        built = prepare(source, data, names, force=args.force)
+        print(json.dumps({"model": source.model_id, "built": built, "directory": str(source.artefact_dir)}))
+    elif args.command == "frozen-forward":
+        from benchmarks.frozen_forward import run_frozen_forward
+
+        source = create_source_model(args.model)
+        sizes = [int(s) for s in args.batch_sizes.split(",")]
+        print(run_frozen_forward(source, sizes, args.repeats, args.out))
+    elif args.command == "adapter-speed":
+        from benchmarks.adapter_speed import run_adapter_speed
+
+        source = create_source_model(args.model)
+        chosen = []
+        for item in args.adapters.split(","):
+            name, _, backend = item.partition(":")
+            chosen.append((name, {"backend": backend} if backend else {}))
+        print(run_adapter_speed(source, chosen, args.batch_size, args.repeats, args.out))
+
+
+if __name__ == "__main__":
+    main()

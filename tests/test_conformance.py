@@ -1,0 +1,144 @@
+"""The contract every registered adapter keeps, checked by construction over list_adapters()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from adapters import InputError, SourceModel, create_adapter, list_adapters
+from adapters.source_model import state_sha256
+from tests.conftest import image_batch, make_tiny_source
+
+ADAPTERS = list_adapters()
+
+
+def test_baselines_are_registered() -> None:
+    assert {"source", "norm", "tent"} <= set(ADAPTERS)
+
+
+def run(adapter, batches: list[torch.Tensor]) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+    return [adapter.forward_and_adapt(x) for x in batches]
+
+
+@pytest.fixture
+def batches() -> list[torch.Tensor]:
+    return [image_batch(16, seed) for seed in range(4)]
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_reset_is_bit_identical_to_a_fresh_adapter(
+    name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
+) -> None:
+    adapter = create_adapter(name, tiny_source)
+    run(adapter, batches)
+    adapter.reset()
+    assert adapter.steps == 0
+    fresh = create_adapter(name, tiny_source)
+    for got, want in zip(run(adapter, batches), run(fresh, batches), strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_state_dict_round_trip_gives_identical_outputs(
+    name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
+) -> None:
+    adapter = create_adapter(name, tiny_source)
+    run(adapter, batches[:2])
+    restored = create_adapter(name, tiny_source)
+    restored.load_state_dict(adapter.state_dict())
+    assert restored.steps == adapter.steps == 2
+    for got, want in zip(run(restored, batches[2:]), run(adapter, batches[2:]), strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_state_bytes_equals_the_per_stream_tensors(
+    name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
+) -> None:
+    adapter = create_adapter(name, tiny_source)
+    run(adapter, batches[:2])
+    tensors = adapter.state_dict()["tensors"]
+    assert adapter.state_bytes() == sum(t.numel() * t.element_size() for t in tensors.values())
+    assert adapter.state_bytes() < tiny_source.weight_bytes()
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_frozen_parts_are_shared_and_never_modified(
+    name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
+) -> None:
+    before = state_sha256(tiny_source.module.state_dict())
+    adapter = create_adapter(name, tiny_source)
+    run(adapter, batches)
+    assert state_sha256(tiny_source.module.state_dict()) == before
+    shared = {t.data_ptr() for t in [*tiny_source.module.parameters(), *tiny_source.module.buffers()]}
+    own = {t.data_ptr() for t in adapter._state_tensors().values()}
+    for module in (v for v in vars(adapter).values() if isinstance(v, nn.Module)):
+        for tensor in [*module.parameters(), *module.buffers()]:
+            assert tensor.data_ptr() in shared | own, (
+                f"{name} holds a tensor that is neither shared nor per-stream state"
+            )
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_two_adapters_on_one_source_do_not_interact(
+    name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
+) -> None:
+    busy, quiet, reference = (create_adapter(name, tiny_source) for _ in range(3))
+    other = [image_batch(16, 100 + i) * 0.5 for i in range(4)]
+    interleaved = []
+    for mine, theirs in zip(batches, other, strict=True):
+        busy.forward_and_adapt(theirs)
+        interleaved.append(quiet.forward_and_adapt(mine))
+    for got, want in zip(interleaved, run(reference, batches), strict=True):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_deterministic_under_a_seed(name: str, batches: list[torch.Tensor]) -> None:
+    first = run(create_adapter(name, make_tiny_source(), {"seed": 3}), batches)
+    second = run(create_adapter(name, make_tiny_source(), {"seed": 3}), batches)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("batch_size", [1, 200])
+def test_batch_sizes_1_and_200(name: str, batch_size: int, tiny_source: SourceModel) -> None:
+    adapter = create_adapter(name, tiny_source)
+    for seed in range(2):
+        logits = adapter.forward_and_adapt(image_batch(batch_size, seed))
+        assert logits.shape == (batch_size, 10)
+        assert torch.isfinite(logits).all()
+    assert adapter.predict(image_batch(batch_size, 5)).shape == (batch_size, 10)
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (torch.zeros(2, 3, 16, 16), "expected shape"),
+        (torch.zeros(3, 32, 32), "expected shape"),
+        (torch.zeros(2, 1, 32, 32), "expected shape"),
+        (torch.zeros(0, 3, 32, 32), "expected shape"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "dtype"),
+        (torch.full((2, 3, 32, 32), float("nan")), "NaN"),
+        (torch.full((2, 3, 32, 32), 255.0), "[0, 1]"),
+        ([[0.0]], "torch.Tensor"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error(
+    name: str, bad: object, message: str, tiny_source: SourceModel
+) -> None:
+    adapter = create_adapter(name, tiny_source)
+    with pytest.raises(InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        adapter.forward_and_adapt(bad)  # type: ignore[arg-type]
+    assert adapter.steps == 0
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_unknown_config_keys_are_refused(name: str, tiny_source: SourceModel) -> None:
+    from adapters import AdapterError
+
+    with pytest.raises(AdapterError, match="no_such_option"):
+        create_adapter(name, tiny_source, {"no_such_option": 1})

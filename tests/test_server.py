@@ -1,0 +1,108 @@
+"""The minimal server: real uvicorn on loopback, real images, the bundled model."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_harness import running_server
+from tta_server import Settings
+
+
+def png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
+    rng = np.random.default_rng(seed)
+    coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    coarse.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def base_url() -> Iterator[str]:
+    settings = Settings(default_adapter="tent", max_images_per_request=8, max_image_pixels=512 * 512)
+    with running_server(settings) as url:
+        yield url
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=60) as client:
+        yield client
+
+
+def test_health_routes(client: httpx.Client) -> None:
+    assert client.get("/health/live").json() == {"status": "live", "model": None}
+    ready = client.get("/v2/health/ready").json()
+    assert ready["status"] == "ready" and ready["model"].startswith("cifar10-airbench@")
+
+
+def test_predict_multipart_on_the_default_stream(client: httpx.Client) -> None:
+    files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
+    body = client.post("/v1/predict", files=files).json()
+    assert body["stream_id"] == "default" and body["adapter"] == "tent" and body["step"] >= 1
+    assert len(body["predictions"]) == 4
+    first = body["predictions"][0]
+    assert 0 <= first["class_index"] < 10 and first["label"] in first["top_k"]
+    assert abs(first["confidence"] - max(first["top_k"].values())) < 1e-6 and len(first["top_k"]) == 5
+
+
+def test_each_stream_counts_its_own_steps(client: httpx.Client) -> None:
+    images = {"images": [base64.b64encode(png(i)).decode() for i in range(3)]}
+    steps = [
+        client.post("/v1/predict", json=images, headers={"X-Stream-Id": "camera-7"}).json()["step"] for _ in range(2)
+    ]
+    assert steps == [1, 2]
+    assert client.post("/v1/predict", json=images, headers={"X-Stream-Id": "camera-8"}).json()["step"] == 1
+
+
+def test_other_image_sizes_are_resized(client: httpx.Client) -> None:
+    response = client.post("/v1/predict", files=[("files", ("big.png", png(1, (100, 60)), "image/png"))])
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code", "fragment"),
+    [
+        ({"files": [("files", ("x.png", b"not an image", "image/png"))]}, 422, "invalid_image", "image 0 (x.png)"),
+        ({"json": {"images": ["%%%"]}}, 422, "invalid_image", "base64"),
+        ({"json": {"pictures": []}}, 422, "invalid_request", "images"),
+        ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type", "multipart"),
+        (
+            {"files": [("files", (f"{i}.png", png(i), "image/png")) for i in range(9)]},
+            413,
+            "too_many_images",
+            "max_images_per_request=8",
+        ),
+        (
+            {"files": [("files", ("huge.png", png(0, (1024, 1024)), "image/png"))]},
+            422,
+            "invalid_image",
+            "max_pixels=262144",
+        ),
+    ],
+)
+def test_bad_input_gets_a_json_4xx(client: httpx.Client, kwargs: dict, status: int, code: str, fragment: str) -> None:  # type: ignore[type-arg]
+    response = client.post("/v1/predict", **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and fragment in error["message"]
+
+
+def test_a_bad_request_leaves_the_stream_state_alone(client: httpx.Client) -> None:
+    headers = {"X-Stream-Id": "kept"}
+    good = [("files", ("0.png", png(0), "image/png"))]
+    assert client.post("/v1/predict", files=good, headers=headers).json()["step"] == 1
+    client.post("/v1/predict", files=[("files", ("bad.png", b"junk", "image/png"))], headers=headers)
+    assert client.post("/v1/predict", files=good, headers=headers).json()["step"] == 2
+
+
+def test_openapi_documents_the_predict_route(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "application/json"} <= set(content)

@@ -1,0 +1,42 @@
+"""The application factory: ``create_app(settings)`` loads the model in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+
+from adapters import create_source_model
+from tta_server.errors import install_error_handlers
+from tta_server.routes import health, predict
+from tta_server.settings import Settings
+from tta_server.streams import StreamManager
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        source = create_source_model(settings.model, **settings.model_kwargs)
+        streams = StreamManager(source, settings.default_adapter, settings.default_adapter_config, settings.workers)
+        app.state.source = source
+        app.state.streams = streams
+        app.state.ready = True
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            streams.close()
+
+    app = FastAPI(title="tta-server", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.ready = False
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    return app

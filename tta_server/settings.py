@@ -1,0 +1,73 @@
+"""Server settings: ``TTA_*`` environment variables, an optional YAML/TOML file, CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+from adapters.models.zoo import BUNDLED_MODEL
+
+
+class Settings(BaseSettings):
+    """Everything the server reads at start-up; validated before the model loads."""
+
+    model_config = SettingsConfigDict(env_prefix="TTA_", env_nested_delimiter="__", extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model: str = Field(BUNDLED_MODEL, description="registered model name (see adapters.list_models())")
+    model_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the model factory")
+    default_adapter: str = "tent"
+    default_adapter_config: dict[str, Any] = Field(default_factory=dict)
+    default_stream: str = "default"
+    max_images_per_request: int = Field(256, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")
+    top_k: int = Field(5, ge=1)
+    workers: int = Field(2, ge=1, description="threads running model work off the event loop")
+    torch_threads: int | None = Field(None, ge=1)
+    config_file: Path | None = Field(None, description="YAML or TOML file with these settings")
+
+    @field_validator("config_file")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"config file {value} does not exist")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        file = _config_file_from(init_settings, env_settings)
+        if file is not None:
+            if file.suffix in (".yaml", ".yml"):
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=file))
+            elif file.suffix == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=file))
+            else:
+                raise ValueError(f"config file {file}: expected .yaml, .yml or .toml")
+        return tuple(sources)
+
+
+def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value = source().get("config_file")
+        if value:
+            return Path(value)
+    return None
