@@ -29,6 +29,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy adapters tta_server benchmarks
 
 bench-frozen: install
 	$(BIN)/tta-bench frozen-forward --out benchmarks/results

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.datasets.cifar10 import load_cifar10
 from tests.server_harness import running_server
 from tta_server import Settings
 
@@ -25,7 +27,7 @@ def png(seed: int, size: tuple[int, int] = (32, 32)) -> bytes:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    settings = Settings(default_adapter="tent", max_images_per_request=8, max_image_pixels=512 * 512)
+    settings = Settings(default_adapter="tent", max_images_per_request=8, max_image_pixels=512 * 512, min_adapt_batch=4)
     with running_server(settings) as url:
         yield url
 
@@ -53,12 +55,19 @@ def test_predict_multipart_on_the_default_stream(client: httpx.Client) -> None:
 
 
 def test_each_stream_counts_its_own_steps(client: httpx.Client) -> None:
-    images = {"images": [base64.b64encode(png(i)).decode() for i in range(3)]}
+    images = {"images": [base64.b64encode(png(i)).decode() for i in range(4)]}
     steps = [
         client.post("/v1/predict", json=images, headers={"X-Stream-Id": "camera-7"}).json()["step"] for _ in range(2)
     ]
     assert steps == [1, 2]
     assert client.post("/v1/predict", json=images, headers={"X-Stream-Id": "camera-8"}).json()["step"] == 1
+
+
+def test_small_requests_are_buffered_until_min_adapt_batch(client: httpx.Client) -> None:
+    headers = {"X-Stream-Id": "small"}
+    images = {"images": [base64.b64encode(png(i)).decode() for i in range(3)]}
+    steps = [client.post("/v1/predict", json=images, headers=headers).json()["step"] for _ in range(4)]
+    assert steps == [0, 1, 1, 2]  # 3 buffered, 6 -> adapt on them, 3, 6 -> adapt
 
 
 def test_other_image_sizes_are_resized(client: httpx.Client) -> None:
@@ -96,7 +105,7 @@ def test_bad_input_gets_a_json_4xx(client: httpx.Client, kwargs: dict, status: i
 
 def test_a_bad_request_leaves_the_stream_state_alone(client: httpx.Client) -> None:
     headers = {"X-Stream-Id": "kept"}
-    good = [("files", ("0.png", png(0), "image/png"))]
+    good = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
     assert client.post("/v1/predict", files=good, headers=headers).json()["step"] == 1
     client.post("/v1/predict", files=[("files", ("bad.png", b"junk", "image/png"))], headers=headers)
     assert client.post("/v1/predict", files=good, headers=headers).json()["step"] == 2
@@ -106,3 +115,19 @@ def test_openapi_documents_the_predict_route(client: httpx.Client) -> None:
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(content)
+
+
+def test_single_image_requests_are_classified_well(shared_cifar10: Path) -> None:
+    # Batch statistics of one image are meaningless; the stream's recent images give the context.
+    test = load_cifar10(shared_cifar10, "test")
+    order = np.random.default_rng(0).permutation(len(test))[:48]
+    correct, steps = 0, []
+    with running_server(Settings(default_adapter="tent")) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for index in order:
+            buffer = io.BytesIO()
+            Image.fromarray(test.images[index]).save(buffer, format="PNG")
+            body = client.post("/v1/predict", files=[("files", ("x.png", buffer.getvalue(), "image/png"))]).json()
+            correct += body["predictions"][0]["class_index"] == test.labels[index]
+            steps.append(body["step"])
+    assert steps[14] == 0 and steps[15] == 1 and steps[-1] == 3  # adapts once per 16 buffered images
+    assert correct / len(order) >= 0.75

@@ -23,7 +23,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         source = create_source_model(settings.model, **settings.model_kwargs)
-        streams = StreamManager(source, settings.default_adapter, settings.default_adapter_config, settings.workers)
+        streams = StreamManager(
+            source,
+            settings.default_adapter,
+            settings.default_adapter_config,
+            settings.workers,
+            min_adapt_batch=settings.min_adapt_batch,
+        )
         app.state.source = source
         app.state.streams = streams
         app.state.ready = True

@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")
     top_k: int = Field(5, ge=1)
     workers: int = Field(2, ge=1, description="threads running model work off the event loop")
+    min_adapt_batch: int = Field(
+        16,
+        ge=1,
+        description="requests with fewer images are predicted with the stream's recent images as context "
+        "and buffered; the stream adapts once this many have accumulated (BatchNorm-based methods fail "
+        "on tiny batches)",
+    )
     torch_threads: int | None = Field(None, ge=1)
     config_file: Path | None = Field(None, description="YAML or TOML file with these settings")
 

@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import torch
 from torch import Tensor
 
-from adapters import Adapter, SourceModel, create_adapter
+from adapters import Adapter, SourceModel, create_adapter, get_frozen_forward
+from adapters.frozen import FrozenForward
 
 T = TypeVar("T")
 
@@ -28,6 +30,35 @@ class Stream:
     last_used_at: float = field(default_factory=time.time)
     # asyncio.Lock wakes waiters in FIFO order, which keeps a stream's requests in arrival order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    recent: Tensor | None = None  # the last min_adapt_batch images: batch-statistics context
+    pending: list[Tensor] = field(default_factory=list)  # small-request images not yet adapted on
+
+
+def step_small_batches(stream: Stream, batch: Tensor, min_adapt_batch: int, frozen: FrozenForward) -> Tensor:
+    """One request's logits, adapting now or once enough small requests have accumulated.
+
+    A batch of at least ``min_adapt_batch`` images is predicted and adapted on at once. A smaller
+    one is predicted together with the stream's most recent images (so BatchNorm statistics come
+    from a real batch; the frozen source model answers until the stream has seen enough images)
+    and buffered; the buffer is adapted on as one batch when it is full (a sliding window).
+    """
+    adapter = stream.adapter
+    if batch.shape[0] >= min_adapt_batch:
+        logits = adapter.forward_and_adapt(batch)
+        stream.recent = batch[-min_adapt_batch:]
+        return logits
+    context = batch if stream.recent is None else torch.cat([stream.recent, batch])
+    if context.shape[0] >= min_adapt_batch:
+        logits = adapter.predict(context)[-batch.shape[0] :]
+    else:
+        adapter.validate(batch)
+        logits = frozen(batch)
+    stream.recent = context[-min_adapt_batch:]
+    stream.pending.append(batch)
+    if sum(p.shape[0] for p in stream.pending) >= min_adapt_batch:
+        adapter.forward_and_adapt(torch.cat(stream.pending))
+        stream.pending.clear()
+    return logits
 
 
 class StreamManager:
@@ -39,12 +70,15 @@ class StreamManager:
         default_adapter: str,
         default_config: dict[str, Any],
         workers: int,
+        min_adapt_batch: int = 1,
         max_streams: int = 1024,
     ) -> None:
         self.source = source
         self.default_adapter = default_adapter
         self.default_config = default_config
         self.max_streams = max_streams
+        self.min_adapt_batch = min_adapt_batch
+        self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
@@ -59,19 +93,19 @@ class StreamManager:
             stream = self.streams[stream_id] = Stream(stream_id, adapter)
         return stream
 
-    async def run(self, stream: Stream, fn: Callable[[Adapter], T]) -> T:
+    async def run(self, stream: Stream, fn: Callable[[Stream], T]) -> T:
         async with stream.lock:
             stream.last_used_at = time.time()
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, fn, stream.adapter)
+            return await loop.run_in_executor(self.executor, fn, stream)
 
     async def step(self, stream_id: str, batch: Tensor) -> tuple[Tensor, int, str]:
-        """Predict-then-adapt ``batch`` on the stream; returns (logits, step count, adapter name)."""
+        """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name)."""
         stream = self.get_or_create(stream_id)
 
-        def work(adapter: Adapter) -> tuple[Tensor, int, str]:
-            logits = adapter.forward_and_adapt(batch)
-            return logits, adapter.steps, adapter.name
+        def work(stream: Stream) -> tuple[Tensor, int, str]:
+            logits = step_small_batches(stream, batch, self.min_adapt_batch, self.frozen)
+            return logits, stream.adapter.steps, stream.adapter.name
 
         return await self.run(stream, work)
 

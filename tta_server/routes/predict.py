@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
+from adapters import Preprocessing
 from tta_server.errors import ApiError
 from tta_server.images import ImageDecodeError, decode_image
 from tta_server.settings import Settings
@@ -40,6 +42,10 @@ class Base64Images(BaseModel):
     images: list[str] = Field(description="base64-encoded image files (PNG, JPEG, ...)", min_length=1)
 
 
+def _decode_batch(payloads: list[tuple[str, bytes]], preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
+    return torch.stack([decode_image(data, label, preprocessing, max_pixels) for label, data in payloads])
+
+
 async def _read_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
@@ -48,7 +54,9 @@ async def _read_payloads(request: Request, settings: Settings) -> list[tuple[str
         )
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=settings.max_images_per_request + 1)
+        form = await request.form(
+            max_files=settings.max_images_per_request + 1, max_part_size=settings.max_request_bytes
+        )
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         payloads = [(f"image {i} ({f.filename})", await f.read()) for i, f in enumerate(files)]
     elif content_type.startswith("application/json"):
@@ -105,9 +113,8 @@ async def predict(
     source = request.app.state.source
     payloads = await _read_payloads(request, settings)
     try:
-        batch = torch.stack(
-            [decode_image(data, label, source.preprocessing, settings.max_image_pixels) for label, data in payloads]
-        )
+        # Decoding is CPU work: keep it off the event loop.
+        batch = await asyncio.to_thread(_decode_batch, payloads, source.preprocessing, settings.max_image_pixels)
     except ImageDecodeError as exc:
         raise ApiError(422, "invalid_image", str(exc)) from exc
     stream_id = x_stream_id or settings.default_stream
