@@ -85,6 +85,7 @@ def export_onnx(source: SourceModel, cache_dir: Path | None = None) -> Path:
         example = torch.rand(2, *source.input_shape)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         module = source.module.eval()
+        common = {"input_names": ["images"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
         try:
             with warnings.catch_warnings():
                 # The TorchScript-based exporter is faster and exact for these CNNs.
@@ -93,22 +94,18 @@ def export_onnx(source: SourceModel, cache_dir: Path | None = None) -> Path:
                     module,
                     (example,),
                     str(tmp),
-                    input_names=["images"],
-                    output_names=["logits"],
                     dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                    opset_version=ONNX_OPSET,
                     dynamo=False,
+                    **common,  # type: ignore[arg-type]
                 )
         except Exception:  # the TorchScript-based exporter cannot trace every module
             torch.onnx.export(
                 module,
                 (example,),
                 str(tmp),
-                input_names=["images"],
-                output_names=["logits"],
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                opset_version=ONNX_OPSET,
                 dynamo=True,
+                **common,  # type: ignore[arg-type]
             )
         tmp.replace(path)
     return path

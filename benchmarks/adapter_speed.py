@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from adapters import SourceModel, create_adapter
+from benchmarks.report import write_result
 
 FULL_STREAM = 150_000  # CIFAR-10-C: 15 corruptions x 10,000 images
 
@@ -61,22 +62,21 @@ def run_adapter_speed(
         "torch": torch.__version__,
         "rows": rows,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "adapter_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# Adapter throughput ({source.model_id}, batch {batch_size})",
-        "",
-        f"`{result['command']}` — torch {torch.__version__}, {result['threads']} threads, "
-        f"median of {repeats} interleaved steps (synthetic uniform images; speed does not depend on content).",
-        "",
-        "| adapter | s / batch | images/s | full CIFAR-10-C stream (150k images) |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['adapter']} | {r['median_s_per_batch']:.3f} | {r['images_per_s']:.0f} "
-        f"| {r['full_cifar10c_minutes']:.1f} min |"
-        for r in rows
-    ]
-    table = "\n".join(lines) + "\n"
-    (out_dir / "adapter_speed.md").write_text(table)
-    return table
+    return write_result(
+        out_dir,
+        "adapter_speed",
+        result,
+        f"Adapter throughput ({source.model_id}, batch {batch_size})",
+        f"`{result['command']}` — torch {torch.__version__}, {result['threads']} threads, median of {repeats} "
+        "interleaved steps (synthetic uniform images; speed does not depend on content).",
+        ["adapter", "s / batch", "images/s", "full CIFAR-10-C stream (150k images)"],
+        [
+            [
+                str(r["adapter"]),
+                f"{r['median_s_per_batch']:.3f}",
+                f"{r['images_per_s']:.0f}",
+                f"{r['full_cifar10c_minutes']:.1f} min",
+            ]
+            for r in rows
+        ],
+    )

@@ -6,7 +6,6 @@ alike; medians are reported. Writes ``frozen_forward.json`` and ``frozen_forward
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import sys
@@ -19,6 +18,7 @@ import torch
 
 from adapters import SourceModel
 from adapters.frozen import FrozenForward, OnnxFrozenForward, TorchFrozenForward, export_onnx
+from benchmarks.report import write_result
 
 
 def run_frozen_forward(source: SourceModel, batch_sizes: list[int], repeats: int, out_dir: Path) -> str:
@@ -62,22 +62,22 @@ def run_frozen_forward(source: SourceModel, batch_sizes: list[int], repeats: int
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "rows": rows,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "frozen_forward.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# Frozen forward: torch eager vs ONNX Runtime ({source.model_id})",
-        "",
+    return write_result(
+        out_dir,
+        "frozen_forward",
+        result,
+        f"Frozen forward: torch eager vs ONNX Runtime ({source.model_id})",
         f"`{result['command']}` — torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
         f"{result['threads']} threads, median of {repeats} interleaved samples.",
-        "",
-        "| batch | torch eager img/s | onnxruntime img/s | ORT speed-up | max abs logit diff |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['batch_size']} | {r['torch_images_per_s']:.0f} | {r['onnxruntime_images_per_s']:.0f} | "
-        f"{r['speedup']:.2f}x | {r['max_abs_logit_diff']:.1e} |"
-        for r in rows
-    ]
-    table = "\n".join(lines) + "\n"
-    (out_dir / "frozen_forward.md").write_text(table)
-    return table
+        ["batch", "torch eager img/s", "onnxruntime img/s", "ORT speed-up", "max abs logit diff"],
+        [
+            [
+                str(r["batch_size"]),
+                f"{r['torch_images_per_s']:.0f}",
+                f"{r['onnxruntime_images_per_s']:.0f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['max_abs_logit_diff']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
