@@ -51,8 +51,9 @@ class Adapter(ABC):
         self.config = self.parse_config(config)
         if self.needs_trainable_source and not source.trainable:
             raise AdapterError(
-                f"adapter {self.name!r} needs a torch module but model {source.model_id} is inference-only "
-                "(ONNX without a converter); use the 'source' adapter"
+                f"adapter {self.name!r} needs an eager torch module but model {source.model_id} is "
+                "inference-only (a TorchScript graph, or ONNX without a converter); use the 'source' adapter "
+                "or load the eager checkpoint"
             )
         store = ArtefactStore(source)
         store.require(self.required_artefacts, f"adapter {self.name!r}")

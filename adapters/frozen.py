@@ -133,7 +133,7 @@ def get_frozen_forward(source: SourceModel, backend: Backend = "auto") -> Frozen
 
 def create_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
     """A new frozen forward of ``source``; ``auto`` picks ONNX Runtime when it is installed."""
-    if not source.trainable:  # an ONNX model: its module already runs in ONNX Runtime
+    if not source.trainable:  # ONNX (already in ONNX Runtime) or TorchScript (a compiled graph): run as is
         return TorchFrozenForward(source.module)
     if backend == "torch" or (backend == "auto" and not onnxruntime_available()):
         return TorchFrozenForward(source.module)

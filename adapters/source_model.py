@@ -75,7 +75,7 @@ class SourceModel:
     weights_sha256: str
     artefact_dir: Path | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-    trainable: bool = True  # False for inference-only formats (ONNX without a converter)
+    trainable: bool = True  # False for inference-only formats (TorchScript, ONNX without a converter)
     # Shared per-model objects built on first use (e.g. an ONNX Runtime session).
     cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 

@@ -119,6 +119,8 @@ def test_torchscript_file_matches_the_eager_model(tmp_path: Path) -> None:
     x = image_batch(4)
     torch.testing.assert_close(source.module(x), tiny.module(x))
     assert create_adapter("source", source, {"backend": "torch"}).forward_and_adapt(x).shape == (4, 10)
+    with pytest.raises(AdapterError, match="inference-only"):
+        create_adapter("tent", source)
 
 
 def test_onnx_file_runs_in_onnxruntime_and_refuses_gradient_adapters(tmp_path: Path) -> None:

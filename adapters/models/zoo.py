@@ -143,7 +143,12 @@ def torchscript_model(
     std: Sequence[float] = (1.0, 1.0, 1.0),
     resize: str = "resize",
 ) -> SourceModel:
-    """A TorchScript archive (``torch.jit.save``) taking normalised NCHW float input."""
+    """A TorchScript archive (``torch.jit.save``) taking normalised NCHW float input.
+
+    Inference only (the ``source`` adapter): a traced or scripted graph fixes how its BatchNorm
+    layers normalise, so adapters that need test-batch statistics refuse it; load the eager
+    checkpoint through an architecture entry to adapt the model.
+    """
     file = Path(path)
     if not file.is_file():
         raise CheckpointError(f"TorchScript file not found: {file}")
@@ -159,6 +164,8 @@ def torchscript_model(
         class_names=tuple(class_names),
         weights_sha256=file_sha256(file),
         metadata={"checkpoint": str(file)},
+        # A compiled graph: its BatchNorm layers cannot be switched to test-batch statistics.
+        trainable=False,
     )
 
 
