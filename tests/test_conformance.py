@@ -60,7 +60,6 @@ def test_state_bytes_equals_the_per_stream_tensors(
     run(adapter, batches[:2])
     tensors = adapter.state_dict()["tensors"]
     assert adapter.state_bytes() == sum(t.numel() * t.element_size() for t in tensors.values())
-    assert adapter.state_bytes() < tiny_source.weight_bytes()
 
 
 @pytest.mark.parametrize("name", ADAPTERS)

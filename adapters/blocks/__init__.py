@@ -6,7 +6,7 @@ from adapters.blocks.losses import entropy, soft_cross_entropy, symmetric_cross_
 from adapters.blocks.norm import test_batch_norm_layers, use_test_batch_statistics
 from adapters.blocks.optim import OptimizerConfig, load_optimizer_tensors, make_optimizer, optimizer_tensors
 from adapters.blocks.restore import stochastic_restore
-from adapters.blocks.sharing import replace_modules, shared_view
+from adapters.blocks.sharing import own_parameters, replace_modules, shared_view
 
 __all__ = [
     "AugmentConfig",
@@ -17,6 +17,7 @@ __all__ = [
     "load_optimizer_tensors",
     "make_optimizer",
     "optimizer_tensors",
+    "own_parameters",
     "replace_modules",
     "shared_view",
     "soft_cross_entropy",

@@ -6,7 +6,7 @@ import copy
 import itertools
 from collections.abc import Callable
 
-from torch import nn
+from torch import Tensor, nn
 
 from adapters.errors import AdapterError
 
@@ -40,3 +40,24 @@ def replace_modules(
                 setattr(parent, child_name, new)
                 replaced.append(new)
     return replaced
+
+
+def own_parameters(
+    view: nn.Module, select: Callable[[nn.Module, str], bool] = lambda module, name: True
+) -> tuple[list[nn.Parameter], list[Tensor]]:
+    """Give ``view`` its own trainable copy of each selected parameter.
+
+    Returns (the per-stream copies, the shared source tensors they started from), in the same
+    order, so restores and resets can read the source values without storing a snapshot.
+    """
+    copies: list[nn.Parameter] = []
+    originals: list[Tensor] = []
+    for module in view.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None or not select(module, name):
+                continue
+            copy_ = nn.Parameter(param.detach().clone())
+            module._parameters[name] = copy_
+            copies.append(copy_)
+            originals.append(param.detach())
+    return copies, originals

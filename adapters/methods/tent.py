@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapters.base import Adapter, AdapterConfig, register_adapter
 from adapters.blocks import (
@@ -13,6 +14,7 @@ from adapters.blocks import (
     load_optimizer_tensors,
     make_optimizer,
     optimizer_tensors,
+    own_parameters,
     shared_view,
     use_test_batch_statistics,
 )
@@ -40,13 +42,8 @@ class TentAdapter(Adapter):
 
     def _setup(self) -> None:
         self.view = shared_view(self.source.module)
-        self.affine: list[nn.Parameter] = []
-        for layer in use_test_batch_statistics(self.view):
-            if layer.weight is None or layer.bias is None:
-                continue
-            layer.weight = nn.Parameter(layer.weight.detach().clone())
-            layer.bias = nn.Parameter(layer.bias.detach().clone())
-            self.affine += [layer.weight, layer.bias]
+        use_test_batch_statistics(self.view)
+        self.affine, _ = own_parameters(self.view, lambda module, name: isinstance(module, _BatchNorm))
         self.optimizer = make_optimizer(self.affine, self.config.optimizer)
         self._loss = float("nan")
 
