@@ -39,6 +39,20 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--repeats", type=int, default=15)
     speed.add_argument("--out", type=Path, default=Path("benchmarks/results"))
 
+    rep = commands.add_parser("replay", help="replay CIFAR-10-C (official layout) through adapters")
+    rep.add_argument("--data", type=Path, required=True, help="directory with <corruption>.npy and labels.npy")
+    rep.add_argument("--model", default="cifar10-airbench")
+    rep.add_argument("--adapters", default="source,norm,tent", help="comma-separated adapter names")
+    rep.add_argument(
+        "--adapter-config", default="{}", help='JSON per adapter, e.g. \'{"tent": {"optimizer": {"lr": 5e-4}}}\''
+    )
+    rep.add_argument("--setting", choices=["continual", "reset_each_shift"], default="continual")
+    rep.add_argument("--severity", type=int, default=5)
+    rep.add_argument("--n-per-domain", type=int, default=None)
+    rep.add_argument("--batch-size", type=int, default=200)
+    rep.add_argument("--seed", type=int, default=0)
+    rep.add_argument("--out", type=Path, default=Path("runs/replay"))
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
         from benchmarks.train_source import main as train_main
@@ -67,6 +81,34 @@ def main(argv: list[str] | None = None) -> None:
         source = create_source_model(args.model)
         sizes = [int(s) for s in args.batch_sizes.split(",")]
         print(run_frozen_forward(source, sizes, args.repeats, args.out))
+    elif args.command == "replay":
+        from benchmarks.datasets.cifar10c import load_cifar10c
+        from benchmarks.replay import Domain, ReplayConfig, error_table, replay
+
+        source = create_source_model(args.model)
+        per_adapter = json.loads(args.adapter_config)
+        results = []
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name in args.adapters.split(","):
+            config = ReplayConfig(
+                adapter=name,
+                adapter_config=per_adapter.get(name, {}),
+                setting=args.setting,
+                severity=args.severity,
+                n_per_domain=args.n_per_domain,
+                batch_size=args.batch_size,
+                seed=args.seed,
+            )
+            domains = []
+            for corruption in config.corruptions:
+                arrays = load_cifar10c(args.data, corruption, config.severity)
+                domains.append(Domain(corruption, arrays.images, arrays.labels))
+            result = replay(source, domains, config)
+            (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+            results.append(result)
+        table = error_table(results)
+        (args.out / "table.md").write_text(table)
+        print(table)
     elif args.command == "adapter-speed":
         from benchmarks.adapter_speed import run_adapter_speed
 
