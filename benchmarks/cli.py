@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stream_settings import SETTINGS
+
 
 def _model_kwargs(text: str | None) -> dict[str, Any]:
     return json.loads(text) if text else {}
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument(
         "--adapter-config", default="{}", help='JSON per adapter, e.g. \'{"tent": {"optimizer": {"lr": 5e-4}}}\''
     )
-    rep.add_argument("--setting", choices=["continual", "reset_each_shift"], default="continual")
+    rep.add_argument("--setting", choices=SETTINGS, default="continual")
+    rep.add_argument("--delta", type=float, default=None, help="correlated: Dirichlet delta (default: sort by label)")
     rep.add_argument("--severity", type=int, default=5)
     rep.add_argument("--n-per-domain", type=int, default=None)
     rep.add_argument("--batch-size", type=int, default=200)
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         print(run_frozen_forward(source, sizes, args.repeats, args.out))
     elif args.command == "replay":
         from benchmarks.datasets.cifar10c import load_cifar10c
-        from benchmarks.replay import Domain, ReplayConfig, error_table, replay
+        from benchmarks.replay import ReplayConfig, error_table, replay
+        from benchmarks.stream_settings import build_stream
 
         source = create_source_model(args.model)
         per_adapter = json.loads(args.adapter_config)
@@ -95,15 +99,21 @@ def main(argv: list[str] | None = None) -> None:
                 adapter_config=per_adapter.get(name, {}),
                 setting=args.setting,
                 severity=args.severity,
+                delta=args.delta,
                 n_per_domain=args.n_per_domain,
                 batch_size=args.batch_size,
                 seed=args.seed,
             )
-            domains = []
-            for corruption in config.corruptions:
-                arrays = load_cifar10c(args.data, corruption, config.severity)
-                domains.append(Domain(corruption, arrays.images, arrays.labels))
-            result = replay(source, domains, config)
+            segments = build_stream(
+                lambda corruption, severity: load_cifar10c(args.data, corruption, severity),
+                config.corruptions,
+                config.setting,
+                config.severity,
+                config.n_per_domain,
+                config.seed,
+                config.delta,
+            )
+            result = replay(source, segments, config)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             results.append(result)
         table = error_table(results)

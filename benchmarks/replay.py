@@ -1,10 +1,8 @@
 """Offline replay of a corruption stream through one adapter, with the online error protocol.
 
 Each batch is predicted once by ``forward_and_adapt`` (the prediction the method's paper
-returns, computed before that batch's update), then the adapter updates. Settings:
-
-* ``continual``: domains in order, the adapter is reset once, at the start;
-* ``reset_each_shift``: reset before every domain (single-domain TTA).
+returns, computed before that batch's update), then the adapter updates. The stream's order and
+resets come from :mod:`benchmarks.stream_settings`; errors are reported per domain tag.
 """
 
 from __future__ import annotations
@@ -13,8 +11,7 @@ import platform
 import resource
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +20,7 @@ from tqdm import tqdm
 
 from adapters import SourceModel, create_adapter
 from benchmarks.datasets.cifar10c import CORRUPTIONS
+from benchmarks.stream_settings import Segment, Setting
 
 
 class ReplayConfig(BaseModel):
@@ -30,49 +28,45 @@ class ReplayConfig(BaseModel):
 
     adapter: str
     adapter_config: dict[str, Any] = Field(default_factory=dict)
-    setting: Literal["continual", "reset_each_shift"] = "continual"
-    severity: int = Field(5, ge=1, le=5)
+    setting: Setting = "continual"
+    severity: int = Field(5, ge=1, le=5, description="all settings but the gradual ones")
+    delta: float | None = Field(None, gt=0, description="correlated: Dirichlet delta (None: sort by label)")
     corruptions: tuple[str, ...] = CORRUPTIONS
     n_per_domain: int | None = Field(None, ge=1, description="first n images of every domain (default: all)")
     batch_size: int = Field(200, ge=1)
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Domain:
-    name: str
-    images: np.ndarray  # uint8 (N, H, W, 3)
-    labels: np.ndarray  # int64 (N,)
-
-
 def replay(
-    source: SourceModel, domains: Sequence[Domain], config: ReplayConfig, progress: bool = True
+    source: SourceModel, segments: Sequence[Segment], config: ReplayConfig, progress: bool = True
 ) -> dict[str, Any]:
     """Run the stream; returns the result record (JSON-ready)."""
     torch.manual_seed(config.seed)
     adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
     batches: list[dict[str, Any]] = []
-    per_domain: dict[str, float] = {}
-    total = sum(min(len(d.labels), config.n_per_domain or len(d.labels)) for d in domains)
+    wrong: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    total = sum(len(s.labels) for s in segments)
     bar = tqdm(total=total, desc=f"replay {config.adapter}", unit="img", disable=not progress)
     start = time.perf_counter()
-    for index, domain in enumerate(domains):
-        if config.setting == "reset_each_shift" and index > 0:
+    for segment in segments:
+        if segment.reset_before:
             adapter.reset()
-        count = min(len(domain.labels), config.n_per_domain or len(domain.labels))
-        wrong = 0
-        for first in range(0, count, config.batch_size):
-            last = min(first + config.batch_size, count)
-            x = torch.from_numpy(domain.images[first:last]).permute(0, 3, 1, 2).float().div_(255)
-            y = torch.from_numpy(domain.labels[first:last])
-            errors = int((adapter.forward_and_adapt(x).argmax(1) != y).sum())
-            wrong += errors
-            batches.append({"domain": domain.name, "images": last - first, "errors": errors})
+        for first in range(0, len(segment.labels), config.batch_size):
+            last = min(first + config.batch_size, len(segment.labels))
+            x = torch.from_numpy(segment.images[first:last]).permute(0, 3, 1, 2).float().div_(255)
+            mistakes = adapter.forward_and_adapt(x).argmax(1).numpy() != segment.labels[first:last]
+            tags = segment.tags[first:last]
+            for tag in dict.fromkeys(tags.tolist()):
+                mask = tags == tag
+                wrong[tag] = wrong.get(tag, 0) + int(mistakes[mask].sum())
+                seen[tag] = seen.get(tag, 0) + int(mask.sum())
+            batches.append({"domain": str(tags[0]), "images": last - first, "errors": int(mistakes.sum())})
             bar.update(last - first)
-        per_domain[domain.name] = wrong / count
     elapsed = time.perf_counter() - start
     bar.close()
-    return {
+    per_domain = {tag: wrong[tag] / seen[tag] for tag in seen}
+    result: dict[str, Any] = {
         "config": config.model_dump(mode="json"),
         "model": source.model_id,
         "adapter_config": adapter.config.model_dump(mode="json"),
@@ -80,6 +74,7 @@ def replay(
         "threads": torch.get_num_threads(),
         "per_domain_error": per_domain,
         "mean_error": float(np.mean(list(per_domain.values()))),
+        "error_all_images": sum(wrong.values()) / total,
         "batches": batches,
         "images": total,
         "seconds": elapsed,
@@ -87,6 +82,10 @@ def replay(
         # Process-wide peak resident memory (Linux reports KiB), not a per-step measurement.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+    at_five = [error for tag, error in per_domain.items() if tag.endswith("@5")]
+    if at_five:
+        result["mean_error_at_severity_5"] = float(np.mean(at_five))
+    return result
 
 
 def error_table(results: Sequence[dict[str, Any]]) -> str:

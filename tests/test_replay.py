@@ -13,7 +13,8 @@ from adapters import SourceModel, create_adapter
 from benchmarks.cli import main as bench_main
 from benchmarks.datasets.cifar10 import DatasetError
 from benchmarks.datasets.cifar10c import CORRUPTIONS, load_cifar10c
-from benchmarks.replay import Domain, ReplayConfig, error_table, replay
+from benchmarks.replay import ReplayConfig, error_table, replay
+from benchmarks.stream_settings import Segment, build_stream, dirichlet_order
 
 PER_SEVERITY = 12
 
@@ -52,8 +53,8 @@ def test_reader_errors(cifar10c_dir: Path, tmp_path: Path) -> None:
         load_cifar10c(tmp_path, "fog", 5)
 
 
-def domains(root: Path, names: tuple[str, ...] = CORRUPTIONS[:3]) -> list[Domain]:
-    return [Domain(n, a.images, a.labels) for n in names for a in [load_cifar10c(root, n, 5)]]
+def domains(root: Path, names: tuple[str, ...] = CORRUPTIONS[:3], setting: str = "continual") -> list[Segment]:
+    return build_stream(lambda c, s: load_cifar10c(root, c, s), names, setting)  # type: ignore[arg-type]
 
 
 def test_online_error_matches_the_adapter_predictions(tiny_source: SourceModel, cifar10c_dir: Path) -> None:
@@ -61,10 +62,10 @@ def test_online_error_matches_the_adapter_predictions(tiny_source: SourceModel, 
     config = ReplayConfig(adapter="source", adapter_config={"backend": "torch"}, batch_size=5)
     result = replay(tiny_source, stream, config, progress=False)
     adapter = create_adapter("source", tiny_source, {"backend": "torch"})
-    for domain in stream:
-        x = torch.from_numpy(domain.images).permute(0, 3, 1, 2).float() / 255
-        expected = float((adapter.forward_and_adapt(x).argmax(1).numpy() != domain.labels).mean())
-        assert result["per_domain_error"][domain.name] == pytest.approx(expected)
+    for segment in stream:
+        x = torch.from_numpy(segment.images).permute(0, 3, 1, 2).float() / 255
+        expected = float((adapter.forward_and_adapt(x).argmax(1).numpy() != segment.labels).mean())
+        assert result["per_domain_error"][str(segment.tags[0])] == pytest.approx(expected)
     assert [b["images"] for b in result["batches"][:3]] == [5, 5, 2]  # last batch of a domain is partial
     assert result["mean_error"] == pytest.approx(np.mean(list(result["per_domain_error"].values())))
 
@@ -72,17 +73,13 @@ def test_online_error_matches_the_adapter_predictions(tiny_source: SourceModel, 
 def test_reset_each_shift_differs_from_continual_only_after_the_first_domain(
     tiny_source: SourceModel, cifar10c_dir: Path
 ) -> None:
-    stream = domains(cifar10c_dir)
     tent = {"optimizer": {"lr": 0.05}}
-    continual = replay(
-        tiny_source, stream, ReplayConfig(adapter="tent", adapter_config=tent, batch_size=6), progress=False
-    )
-    reset_config = ReplayConfig(adapter="tent", adapter_config=tent, batch_size=6, setting="reset_each_shift")
-    reset = replay(tiny_source, stream, reset_config, progress=False)
+    config = ReplayConfig(adapter="tent", adapter_config=tent, batch_size=6)
+    continual = replay(tiny_source, domains(cifar10c_dir), config, progress=False)
+    reset = replay(tiny_source, domains(cifar10c_dir, setting="reset_each_shift"), config, progress=False)
     assert continual["batches"][:2] == reset["batches"][:2]
-    fresh = replay(
-        tiny_source, stream[1:2], ReplayConfig(adapter="tent", adapter_config=tent, batch_size=6), progress=False
-    )
+    assert continual["batches"][2:] != reset["batches"][2:]
+    fresh = replay(tiny_source, domains(cifar10c_dir, CORRUPTIONS[1:2]), config, progress=False)
     assert reset["batches"][2:4] == fresh["batches"]  # after a reset the adapter starts from the source
 
 
@@ -105,3 +102,37 @@ def test_cli_writes_json_and_a_table(cifar10c_dir: Path, tmp_path: Path, capsys:
     table = (tmp_path / "table.md").read_text()
     assert table.splitlines()[0].startswith("| adapter | gaussian_noise") and "| norm |" in table
     assert table == error_table([json.loads((tmp_path / f"{a}.json").read_text()) for a in ("source", "norm")])
+
+
+def test_settings_order_and_reset_the_stream(cifar10c_dir: Path) -> None:
+    two = CORRUPTIONS[:2]
+    assert [s.reset_before for s in domains(cifar10c_dir, two)] == [True, False]
+    assert [s.reset_before for s in domains(cifar10c_dir, two, "reset_each_shift")] == [True, True]
+    gradual = [str(s.tags[0]) for s in domains(cifar10c_dir, two, "gradual")]
+    assert gradual[:9] == [f"gaussian_noise@{v}" for v in (1, 2, 3, 4, 5, 4, 3, 2, 1)] and len(gradual) == 18
+    cotta = [str(s.tags[0]) for s in domains(cifar10c_dir, two, "gradual_cotta")]
+    assert cotta[:6] == ["gaussian_noise@5", "gaussian_noise@4", "gaussian_noise@3", "gaussian_noise@2",
+                         "gaussian_noise@1", "shot_noise@1"] and len(cotta) == 14  # fmt: skip
+    (mixed,) = domains(cifar10c_dir, two, "mixed_domains")
+    assert sorted(mixed.tags.tolist()) == ["gaussian_noise"] * PER_SEVERITY + ["shot_noise"] * PER_SEVERITY
+    assert mixed.tags.tolist() != sorted(mixed.tags.tolist())  # shuffled across domains
+    for segment in domains(cifar10c_dir, two, "correlated"):
+        assert segment.labels.tolist() == sorted(segment.labels.tolist())
+
+
+def test_dirichlet_order_is_a_label_correlated_permutation() -> None:
+    labels = np.repeat(np.arange(10), 100)
+    rng = np.random.default_rng(0).permutation(1000)
+    labels = labels[rng]
+    order = dirichlet_order(labels, delta=0.1, rng=np.random.default_rng(1))
+    assert sorted(order.tolist()) == list(range(1000))
+    changes = int((np.diff(labels[order]) != 0).sum())
+    assert changes < 100  # long single-class runs; an i.i.d. order has about 900 label changes
+    weak = dirichlet_order(labels, delta=100.0, rng=np.random.default_rng(1))
+    assert int((np.diff(labels[weak]) != 0).sum()) > changes
+
+
+def test_gradual_replay_reports_the_error_at_severity_5(tiny_source: SourceModel, cifar10c_dir: Path) -> None:
+    config = ReplayConfig(adapter="norm", setting="gradual", batch_size=12)
+    result = replay(tiny_source, domains(cifar10c_dir, CORRUPTIONS[:1], "gradual"), config, progress=False)
+    assert len(result["per_domain_error"]) == 5 and "mean_error_at_severity_5" in result
