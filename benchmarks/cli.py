@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--out", type=Path, default=Path("runs/replay"))
 
+    rep_report = commands.add_parser("report", help="re-render the table and plots of replay results")
+    rep_report.add_argument("results", type=Path, nargs="+", help="replay JSON files (one per adapter)")
+    rep_report.add_argument("--out", type=Path, default=None, help="default: the first file's directory")
+
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
         from benchmarks.train_source import main as train_main
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         print(run_frozen_forward(source, sizes, args.repeats, args.out))
     elif args.command == "replay":
         from benchmarks.datasets.cifar10c import load_cifar10c
-        from benchmarks.replay import ReplayConfig, error_table, replay
+        from benchmarks.replay import ReplayConfig, replay, write_report
         from benchmarks.stream_settings import build_stream
 
         source = create_source_model(args.model)
@@ -116,9 +120,12 @@ def main(argv: list[str] | None = None) -> None:
             result = replay(source, segments, config)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             results.append(result)
-        table = error_table(results)
-        (args.out / "table.md").write_text(table)
-        print(table)
+        print(write_report(results, args.out))
+    elif args.command == "report":
+        from benchmarks.replay import write_report
+
+        runs = [json.loads(path.read_text()) for path in args.results]
+        print(write_report(runs, args.out or args.results[0].parent))
     elif args.command == "adapter-speed":
         from benchmarks.adapter_speed import run_adapter_speed
 

@@ -11,6 +11,7 @@ import platform
 import resource
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -101,3 +102,15 @@ def error_table(results: Sequence[dict[str, Any]]) -> str:
             + f" | **{100 * result['mean_error']:.1f}** | {result['images_per_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def write_report(results: Sequence[dict[str, Any]], out_dir: Path) -> str:
+    """``table.md``, ``domain_errors.png`` and ``cumulative_error.png`` in ``out_dir``."""
+    from benchmarks.report_plots import plot_cumulative_error, plot_domain_errors
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = error_table(results)
+    (out_dir / "table.md").write_text(table)
+    plot_domain_errors(results, out_dir / "domain_errors.png")
+    plot_cumulative_error(results, out_dir / "cumulative_error.png")
+    return table

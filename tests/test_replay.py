@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from adapters import SourceModel, create_adapter
 from benchmarks.cli import main as bench_main
@@ -102,6 +103,19 @@ def test_cli_writes_json_and_a_table(cifar10c_dir: Path, tmp_path: Path, capsys:
     table = (tmp_path / "table.md").read_text()
     assert table.splitlines()[0].startswith("| adapter | gaussian_noise") and "| norm |" in table
     assert table == error_table([json.loads((tmp_path / f"{a}.json").read_text()) for a in ("source", "norm")])
+    for plot in ("domain_errors.png", "cumulative_error.png"):
+        with Image.open(tmp_path / plot) as image:
+            assert image.size[0] > 500 and image.size[1] > 300
+
+
+def test_report_re_renders_from_json(cifar10c_dir: Path, tmp_path: Path) -> None:
+    bench_main(
+        ["replay", "--data", str(cifar10c_dir), "--adapters", "norm", "--batch-size", "6", "--out", str(tmp_path)]
+    )
+    (tmp_path / "table.md").unlink()
+    (tmp_path / "cumulative_error.png").unlink()
+    bench_main(["report", str(tmp_path / "norm.json"), "--out", str(tmp_path / "again")])
+    assert (tmp_path / "again" / "table.md").is_file() and (tmp_path / "again" / "cumulative_error.png").is_file()
 
 
 def test_settings_order_and_reset_the_stream(cifar10c_dir: Path) -> None:
