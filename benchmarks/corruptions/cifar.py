@@ -220,12 +220,12 @@ def elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator
     )[severity - 1]
     alpha, sigma, jitter = SIDE * alpha, SIDE * sigma, SIDE * jitter
     x = image.astype(np.float32) / 255.0
-    centre, size = np.float32(SIDE // 2), SIDE // 3
-    source = np.float32(
-        [[centre + size, centre + size], [centre + size, centre - size], [centre - size, centre - size]]
-    )
-    target = source + rng.uniform(-jitter, jitter, size=source.shape).astype(np.float32)
-    x = cv2.warpAffine(x, cv2.getAffineTransform(source, target), (SIDE, SIDE), borderMode=cv2.BORDER_REFLECT_101)
+    centre, size = SIDE // 2, SIDE // 3
+    corners = [[centre + size, centre + size], [centre + size, centre - size], [centre - size, centre - size]]
+    source = np.asarray(corners, dtype=np.float32)
+    target = (source + rng.uniform(-jitter, jitter, size=source.shape)).astype(np.float32)
+    affine = cv2.getAffineTransform(source, target)
+    warped = cv2.warpAffine(x, affine, (SIDE, SIDE), borderMode=cv2.BORDER_REFLECT_101)
     dx = (gaussian_filter(rng.uniform(-1, 1, size=(SIDE, SIDE)), sigma, mode="reflect", truncate=3) * alpha).astype(
         np.float32
     )
@@ -238,7 +238,7 @@ def elastic_transform(image: np.ndarray, severity: int, rng: np.random.Generator
         (cols + dx[..., np.newaxis]).reshape(-1),
         channels.reshape(-1),
     )
-    return _to_uint8(map_coordinates(x, indices, order=1, mode="reflect").reshape(x.shape))
+    return _to_uint8(map_coordinates(warped, indices, order=1, mode="reflect").reshape(warped.shape))
 
 
 def _shift_edge(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
