@@ -17,7 +17,7 @@ REFERENCE_SEVERITY_5 = {
     "gaussian_noise": 19.5, "shot_noise": 18.4, "impulse_noise": 8.9, "defocus_blur": 9.3, "glass_blur": 17.7,
     "zoom_blur": 16.7, "brightness": 55.4, "contrast": 36.1, "pixelate": 8.8, "jpeg_compression": 7.1,
     "speckle_noise": 18.4, "gaussian_blur": 9.5, "saturate": 30.4, "fog": 38.9, "elastic_transform": 14.1,
-    "motion_blur": 15.7,
+    "motion_blur": 15.7, "snow": 52.2,
 }  # fmt: skip
 # The reference constants are not monotone in pixel change for these (glass_blur's first three
 # severities differ only in the blur sigma; saturate first desaturates, then oversaturates;

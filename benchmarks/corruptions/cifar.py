@@ -5,8 +5,8 @@ uint8 image, truncating like the original (``np.uint8(float)``). Randomness come
 Generator, so a seeded rebuild is bit-identical.
 
 Implemented: gaussian/shot/impulse/speckle noise, defocus/glass/motion/zoom/Gaussian blur, fog,
-brightness, contrast, elastic transform, pixelate, JPEG, saturate (16 of 19). Still missing:
-snow, frost (needs the frost textures) and spatter. Primitives come from scipy (zoom, Gaussian
+snow, brightness, contrast, elastic transform, pixelate, JPEG, saturate (17 of 19). Still
+missing: frost (needs the frost textures) and spatter. Primitives come from scipy (zoom, Gaussian
 filter, map_coordinates), OpenCV (filter2D, GaussianBlur, affine warp), matplotlib (HSV) and
 Pillow (JPEG, BOX resampling); written by hand: the s&p noise (scikit-image's ignores seeds), the
 vectorised glass-blur pixel gather (equivalent to the original loop, see ``glass_blur``), the
@@ -259,28 +259,54 @@ def _shift_edge(x: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
-def motion_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+def _motion_blur(x: np.ndarray, radius: float, sigma: float, angle: float) -> np.ndarray:
     """ImageMagick's motion blur emulated in numpy (imagecorruptions' method; within 1 grey level).
 
-    A one-sided Gaussian kernel of width 2 * radius + 1 accumulates copies of the image shifted
-    along a random angle in [-45, 45) degrees.
+    A one-sided Gaussian kernel of width 2 * radius + 1 accumulates copies of ``x`` (float, 0-255,
+    (H, W) or (H, W, C)) shifted along ``angle`` degrees, with edge replication.
     """
-    radius, sigma = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))[severity - 1]
-    angle = rng.uniform(-45, 45)
-    width = 2 * radius + 1
+    width = int(2 * radius + 1)
     kernel = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
     kernel /= kernel.sum()
     direction = (width * np.sin(np.deg2rad(angle)), width * np.cos(np.deg2rad(angle)))
     length = float(np.hypot(*direction))
-    x = image.astype(np.float32)
     blurred = np.zeros_like(x)
     for i in range(width):
         dy = -int(np.ceil(i * direction[0] / length - 0.5))
         dx = -int(np.ceil(i * direction[1] / length - 0.5))
-        if abs(dy) >= SIDE or abs(dx) >= SIDE:
+        if abs(dy) >= x.shape[0] or abs(dx) >= x.shape[1]:
             break
         blurred += kernel[i] * _shift_edge(x, dx, dy)
-    return np.clip(blurred, 0, 255).astype(np.uint8)
+    return blurred
+
+
+def motion_blur(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    radius, sigma = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))[severity - 1]
+    blurred = _motion_blur(image.astype(np.float32), radius, sigma, rng.uniform(-45, 45))
+    out: np.ndarray = np.clip(blurred, 0, 255).astype(np.uint8)
+    return out
+
+
+def snow(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
+    """A thresholded, zoomed noise layer motion-blurred into streaks, added twice (once rotated 180
+    degrees) to the image brightened towards 1.5 * grey + 0.5."""
+    mean, std, zoom, threshold, radius, sigma, blend = (
+        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    )[severity - 1]
+    x = image.astype(np.float32) / 255.0
+    layer = rng.normal(size=x.shape[:2], loc=mean, scale=std)
+    layer = _clipped_zoom(layer[..., np.newaxis], zoom)
+    layer[layer < threshold] = 0
+    grey = (np.clip(layer.squeeze(-1), 0, 1) * 255).astype(np.uint8)  # the 8-bit layer ImageMagick blurs
+    streaks = _motion_blur(grey.astype(np.float32), radius, sigma, rng.uniform(-135, -45))
+    streaks = (np.round(np.clip(streaks, 0, 255)) / 255.0)[..., np.newaxis]
+    grey_image = cv2.cvtColor(x, cv2.COLOR_RGB2GRAY)[..., np.newaxis]
+    x = blend * x + (1 - blend) * np.maximum(x, grey_image * 1.5 + 0.5)
+    return _to_uint8(x + streaks + np.rot90(streaks, k=2))
 
 
 CIFAR_CORRUPTIONS: dict[str, Corruption] = {
@@ -291,6 +317,7 @@ CIFAR_CORRUPTIONS: dict[str, Corruption] = {
     "glass_blur": glass_blur,
     "motion_blur": motion_blur,
     "zoom_blur": zoom_blur,
+    "snow": snow,
     "fog": fog,
     "brightness": brightness,
     "contrast": contrast,
