@@ -43,16 +43,14 @@ def step_small_batches(stream: Stream, batch: Tensor, min_adapt_batch: int, froz
     and buffered; the buffer is adapted on as one batch when it is full (a sliding window).
     """
     adapter = stream.adapter
+    adapter.validate(batch)  # before any buffering, so a bad batch leaves the stream untouched
     if batch.shape[0] >= min_adapt_batch:
         logits = adapter.forward_and_adapt(batch)
         stream.recent = batch[-min_adapt_batch:]
         return logits
     context = batch if stream.recent is None else torch.cat([stream.recent, batch])
-    if context.shape[0] >= min_adapt_batch:
-        logits = adapter.predict(context)[-batch.shape[0] :]
-    else:
-        adapter.validate(batch)
-        logits = frozen(batch)
+    enough_context = context.shape[0] >= min_adapt_batch
+    logits = adapter.predict(context)[-batch.shape[0] :] if enough_context else frozen(batch)
     stream.recent = context[-min_adapt_batch:]
     stream.pending.append(batch)
     if sum(p.shape[0] for p in stream.pending) >= min_adapt_batch:

@@ -22,5 +22,5 @@ def symmetric_cross_entropy(student_logits: Tensor, teacher_logits: Tensor, alph
     Gradients reach the student through both terms; detach the teacher logits before calling.
     """
     forward = soft_cross_entropy(student_logits, teacher_logits)
-    backward = -(student_logits.softmax(dim=1) * teacher_logits.log_softmax(dim=1)).sum(dim=1)
+    backward = soft_cross_entropy(teacher_logits, student_logits)
     return alpha * forward + (1 - alpha) * backward
