@@ -8,11 +8,13 @@ EXTRAS ?= cpu,bench,dev
 
 .PHONY: install serve test test-all lint bench-frozen clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: a bare requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	# frost textures only: the package's code is never imported, and its deps would pull a second OpenCV
+	$(BIN)/pip install --quiet --no-deps "imagecorruptions==1.1.2"
 	touch $(STAMP)
 
 install: $(STAMP)

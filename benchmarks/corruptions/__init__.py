@@ -1,5 +1,29 @@
-"""Image corruptions for building CIFAR-10-C-style benchmarks."""
+"""Image corruptions for building CIFAR-10-C and ImageNet-C style benchmarks."""
 
-from benchmarks.corruptions.cifar import CIFAR_CORRUPTIONS, Corruption
+from benchmarks.corruptions.constants import (
+    ALL_CORRUPTIONS,
+    CIFAR,
+    COMMON_CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    IMAGENET,
+    CorruptionConstants,
+)
+from benchmarks.corruptions.functions import (
+    CIFAR_CORRUPTIONS,
+    IMAGENET_CORRUPTIONS,
+    Corruption,
+    corruptions_with,
+)
 
-__all__ = ["CIFAR_CORRUPTIONS", "Corruption"]
+__all__ = [
+    "ALL_CORRUPTIONS",
+    "CIFAR",
+    "CIFAR_CORRUPTIONS",
+    "COMMON_CORRUPTIONS",
+    "EXTRA_CORRUPTIONS",
+    "IMAGENET",
+    "IMAGENET_CORRUPTIONS",
+    "Corruption",
+    "CorruptionConstants",
+    "corruptions_with",
+]

@@ -12,26 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.corruptions.constants import COMMON_CORRUPTIONS, EXTRA_CORRUPTIONS
 from benchmarks.datasets.cifar10 import DatasetError, ImageArrays
 
-CORRUPTIONS: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-)
-EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+CORRUPTIONS = COMMON_CORRUPTIONS
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
