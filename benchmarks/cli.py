@@ -15,6 +15,13 @@ def _model_kwargs(text: str | None) -> dict[str, Any]:
     return json.loads(text) if text else {}
 
 
+def _corruption_names(text: str) -> tuple[str, ...]:
+    from benchmarks.corruptions.constants import ALL_CORRUPTIONS, COMMON_CORRUPTIONS
+
+    named = {"common": COMMON_CORRUPTIONS, "all": ALL_CORRUPTIONS}
+    return named.get(text) or tuple(text.split(","))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tta-bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,6 +47,35 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--batch-size", type=int, default=200)
     speed.add_argument("--repeats", type=int, default=15)
     speed.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+    make_c = commands.add_parser(
+        "make-cifar10c",
+        help="build CIFAR-10-C (official layout) from a CIFAR-10 test set",
+        description="Corrupt every test image with each corruption at severities 1-5 and write "
+        "<corruption>.npy, labels.npy, order.npy and manifest.json (resumable; bit-identical for a seed).",
+    )
+    make_c.add_argument(
+        "--data", type=Path, help="CIFAR-10 folder, tarball or python batches (default: ../shared/data)"
+    )
+    make_c.add_argument("--out", type=Path, required=True, help="output directory")
+    make_c.add_argument("--corruptions", default="common", help="'common' (15), 'all' (19) or comma-separated names")
+    make_c.add_argument("--constants", choices=("cifar", "imagenet"), default="cifar", help="constant set")
+    make_c.add_argument("--seed", type=int, default=0, help="row permutation and corruption randomness")
+    make_c.add_argument("--no-shuffle", action="store_true", help="keep the source order (e.g. the python batches)")
+    make_c.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    make_in = commands.add_parser(
+        "make-imagenet-c",
+        help="build ImageNet-C (official layout) from an ImageNet-style validation folder",
+        description="Resize(256) + CenterCrop(224) every <wnid>/*.JPEG image, corrupt it with the ImageNet-C "
+        "constants and save it as JPEG quality 85 under <out>/<corruption>/<severity>/<wnid>/ (resumable).",
+    )
+    make_in.add_argument("--data", type=Path, required=True, help="folder of <wnid>/ class folders")
+    make_in.add_argument("--out", type=Path, required=True, help="output directory (the ImageNet-C root)")
+    make_in.add_argument("--corruptions", default="common", help="'common' (15), 'all' (19) or comma-separated names")
+    make_in.add_argument("--severities", default="1,2,3,4,5")
+    make_in.add_argument("--seed", type=int, default=0)
+    make_in.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
     rep = commands.add_parser("replay", help="replay CIFAR-10-C (official layout) through adapters")
     rep.add_argument("--data", type=Path, required=True, help="directory with <corruption>.npy and labels.npy")
@@ -82,6 +118,36 @@ def main(argv: list[str] | None = None) -> None:
         names = args.artefacts.split(",") if args.artefacts else None
         built = prepare(source, data, names, force=args.force)
         print(json.dumps({"model": source.model_id, "built": built, "directory": str(source.artefact_dir)}))
+    elif args.command == "make-imagenet-c":
+        from benchmarks.build_corrupted import build_imagenet_c
+
+        manifest = build_imagenet_c(
+            args.data,
+            args.out,
+            _corruption_names(args.corruptions),
+            [int(s) for s in args.severities.split(",")],
+            seed=args.seed,
+            workers=args.workers,
+        )
+        print(json.dumps(manifest, indent=1))
+    elif args.command == "make-cifar10c":
+        from benchmarks.build_corrupted import build_cifar10c
+        from benchmarks.datasets.cifar10 import find_shared_cifar10, load_cifar10
+
+        data = args.data or find_shared_cifar10()
+        if data is None:
+            sys.exit("no --data given and ../shared/data/cifar10-jpeg.tar.gz not found")
+        manifest = build_cifar10c(
+            load_cifar10(data, "test"),
+            args.out,
+            _corruption_names(args.corruptions),
+            seed=args.seed,
+            shuffle=not args.no_shuffle,
+            constants=args.constants,
+            workers=args.workers,
+        )
+        manifest.pop("done")
+        print(json.dumps(manifest, indent=1))
     elif args.command == "frozen-forward":
         from benchmarks.frozen_forward import run_frozen_forward
 

@@ -238,8 +238,8 @@ def elastic_transform(
     alpha, sigma, jitter = (c.elastic_scale * v for v in c.elastic_transform[severity - 1])
     x = image.astype(np.float32) / 255.0
     height, width = x.shape[:2]
-    centre, size = np.float32([height, width]) // 2, min(height, width) // 3
-    source = np.float32([centre + size, [centre[0] + size, centre[1] - size], centre - size])
+    centre, size = np.array([height, width], dtype=np.float32) // 2, min(height, width) // 3
+    source = np.array([centre + size, [centre[0] + size, centre[1] - size], centre - size], dtype=np.float32)
     target = (source + rng.uniform(-jitter, jitter, size=source.shape)).astype(np.float32)
     affine = cv2.getAffineTransform(source, target)
     warped = cv2.warpAffine(x, affine, (width, height), borderMode=cv2.BORDER_REFLECT_101)
