@@ -132,7 +132,11 @@ def get_frozen_forward(source: SourceModel, backend: Backend = "auto") -> Frozen
 
 
 def create_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
-    """A new frozen forward of ``source``; ``auto`` picks ONNX Runtime when it is installed."""
+    """A new frozen forward of ``source``; ``auto`` picks ONNX Runtime when it is installed and the
+    model is on the CPU (ONNX Runtime's CPU provider takes host arrays)."""
+    on_cpu = all(p.device.type == "cpu" for p in source.module.parameters())
+    if backend == "auto" and not on_cpu:
+        return TorchFrozenForward(source.module)
     if not source.trainable:  # ONNX (already in ONNX Runtime) or TorchScript (a compiled graph): run as is
         return TorchFrozenForward(source.module)
     if backend == "torch" or (backend == "auto" and not onnxruntime_available()):

@@ -77,9 +77,21 @@ def main(argv: list[str] | None = None) -> None:
     make_in.add_argument("--seed", type=int, default=0)
     make_in.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
-    rep = commands.add_parser("replay", help="replay CIFAR-10-C (official layout) through adapters")
-    rep.add_argument("--data", type=Path, required=True, help="directory with <corruption>.npy and labels.npy")
+    rep = commands.add_parser(
+        "replay",
+        help="replay CIFAR-10-C or ImageNet-C through adapters (online error, tables, plots)",
+        description="Each batch is predicted once, before that batch's update; one JSON per adapter, table.md "
+        "and plots go to --out. Example: tta-bench replay --data DIR --adapters source,norm,tent --n-per-domain 2000",
+    )
+    rep.add_argument("--data", type=Path, required=True, help="CIFAR-10-C directory or ImageNet-C root")
+    rep.add_argument("--dataset", choices=("cifar10c", "imagenet-c"), default="cifar10c")
+    rep.add_argument("--preprocessing", choices=("as-is", "resize-crop"), default="as-is", help="ImageNet-C only")
+    rep.add_argument("--subset-file", type=Path, help="ImageNet-C: wnid/file lines (e.g. RobustBench's 5,000 ids)")
+    rep.add_argument("--corruptions", help="comma-separated domain order (default: the standard 15)")
+    rep.add_argument("--orders", choices=("standard", "cotta10"), default="standard", help="cotta10: CoTTA's 10 orders")
     rep.add_argument("--model", default="cifar10-airbench")
+    rep.add_argument("--model-kwargs", help="JSON arguments of the model factory (e.g. a weights path)")
+    rep.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     rep.add_argument("--adapters", default="source,norm,tent", help="comma-separated adapter names")
     rep.add_argument(
         "--adapter-config", default="{}", help='JSON per adapter, e.g. \'{"tent": {"optimizer": {"lr": 5e-4}}}\''
@@ -87,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--setting", choices=SETTINGS, default="continual")
     rep.add_argument("--delta", type=float, default=None, help="correlated: Dirichlet delta (default: sort by label)")
     rep.add_argument("--severity", type=int, default=5)
-    rep.add_argument("--n-per-domain", type=int, default=None)
+    rep.add_argument("--n-per-domain", type=int, default=None, help="default: all (CIFAR-10-C), 5000 (ImageNet-C)")
     rep.add_argument("--batch-size", type=int, default=200)
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--out", type=Path, default=Path("runs/replay"))
@@ -95,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     rep_report = commands.add_parser("report", help="re-render the table and plots of replay results")
     rep_report.add_argument("results", type=Path, nargs="+", help="replay JSON files (one per adapter)")
     rep_report.add_argument("--out", type=Path, default=None, help="default: the first file's directory")
+    rep_report.add_argument("--stem", default="", help="write <stem>.md, <stem>.json and <stem>_*.png")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
@@ -155,11 +168,10 @@ def main(argv: list[str] | None = None) -> None:
         sizes = [int(s) for s in args.batch_sizes.split(",")]
         print(run_frozen_forward(source, sizes, args.repeats, args.out))
     elif args.command == "replay":
-        from benchmarks.datasets.cifar10c import load_cifar10c
-        from benchmarks.replay import ReplayConfig, replay, write_report
-        from benchmarks.stream_settings import build_stream
+        from benchmarks.replay import ReplayConfig, replay_dataset, replay_orders, write_report
+        from benchmarks.stream_settings import COTTA_TEN_ORDERS
 
-        source = create_source_model(args.model)
+        source = create_source_model(args.model, **_model_kwargs(args.model_kwargs))
         per_adapter = json.loads(args.adapter_config)
         results = []
         args.out.mkdir(parents=True, exist_ok=True)
@@ -173,25 +185,27 @@ def main(argv: list[str] | None = None) -> None:
                 n_per_domain=args.n_per_domain,
                 batch_size=args.batch_size,
                 seed=args.seed,
+                dataset=args.dataset,
+                preprocessing=args.preprocessing,
+                subset_file=str(args.subset_file) if args.subset_file else None,
+                device=args.device,
+                **({"corruptions": tuple(args.corruptions.split(","))} if args.corruptions else {}),
             )
-            segments = build_stream(
-                lambda corruption, severity: load_cifar10c(args.data, corruption, severity),
-                config.corruptions,
-                config.setting,
-                config.severity,
-                config.n_per_domain,
-                config.seed,
-                config.delta,
-            )
-            result = replay(source, segments, config)
+            if args.orders == "cotta10":
+                result = replay_orders(source, args.data, config, COTTA_TEN_ORDERS)
+            else:
+                result = replay_dataset(source, args.data, config)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             results.append(result)
         print(write_report(results, args.out))
     elif args.command == "report":
         from benchmarks.replay import write_report
 
-        runs = [json.loads(path.read_text()) for path in args.results]
-        print(write_report(runs, args.out or args.results[0].parent))
+        runs = []
+        for path in args.results:
+            loaded = json.loads(path.read_text())
+            runs += loaded.get("runs", [loaded])  # a combined <stem>.json or one run
+        print(write_report(runs, args.out or args.results[0].parent, args.stem))
     elif args.command == "adapter-speed":
         from benchmarks.adapter_speed import run_adapter_speed
 

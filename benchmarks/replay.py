@@ -7,12 +7,13 @@ resets come from :mod:`benchmarks.stream_settings`; errors are reported per doma
 
 from __future__ import annotations
 
+import json
 import platform
 import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from adapters import SourceModel, create_adapter
-from benchmarks.datasets.cifar10c import CORRUPTIONS
-from benchmarks.stream_settings import Segment, Setting
+from benchmarks.datasets.cifar10 import ImageArrays
+from benchmarks.datasets.cifar10c import CORRUPTIONS, load_cifar10c
+from benchmarks.stream_settings import Loader, Segment, Setting, build_stream
 
 
 class ReplayConfig(BaseModel):
@@ -36,6 +38,77 @@ class ReplayConfig(BaseModel):
     n_per_domain: int | None = Field(None, ge=1, description="first n images of every domain (default: all)")
     batch_size: int = Field(200, ge=1)
     seed: int = 0
+    dataset: Literal["cifar10c", "imagenet-c"] = "cifar10c"
+    preprocessing: Literal["as-is", "resize-crop"] = Field(
+        "as-is", description="ImageNet-C: the released 224-px images as they are, or Resize(256)+CenterCrop(224)"
+    )
+    subset_file: str | None = Field(None, description="ImageNet-C: wnid/file lines fixing the subset and its order")
+    device: str = Field("cpu", description="torch device of the model and batches, e.g. cuda")
+
+
+def domain_loader(config: ReplayConfig, data: Path) -> Loader:
+    """``load(corruption, severity)`` for the configured data set."""
+    if config.dataset == "cifar10c":
+        return lambda corruption, severity: load_cifar10c(data, corruption, severity)
+    from benchmarks.datasets.imagenet_c import load_imagenet_c
+
+    subset = Path(config.subset_file) if config.subset_file else None
+
+    def load(corruption: str, severity: int) -> ImageArrays:
+        return load_imagenet_c(
+            data, corruption, severity, config.n_per_domain or 5000, config.preprocessing, config.seed, subset
+        )
+
+    return load
+
+
+def replay_dataset(source: SourceModel, data: Path, config: ReplayConfig, progress: bool = True) -> dict[str, Any]:
+    """Build the configured stream from ``data`` and replay it."""
+    segments = build_stream(
+        domain_loader(config, data),
+        config.corruptions,
+        config.setting,
+        config.severity,
+        config.n_per_domain,
+        config.seed,
+        config.delta,
+    )
+    result = replay(source, segments, config, progress)
+    manifest = data / "manifest.json"
+    if manifest.is_file():  # how the data set was built (tta-bench make-cifar10c / make-imagenet-c)
+        built = json.loads(manifest.read_text())
+        result["data"] = {k: built.get(k) for k in ("format", "fingerprint", "constants", "seed", "shuffled")}
+    return result
+
+
+def replay_orders(
+    source: SourceModel, data: Path, config: ReplayConfig, orders: Sequence[Sequence[str]], progress: bool = True
+) -> dict[str, Any]:
+    """One replay per domain order (e.g. CoTTA's ten ImageNet-C orders), averaged.
+
+    Each order starts from the source model. ``per_domain_error`` is each domain's mean over the
+    orders, ``batches`` the concatenated per-batch series of all orders.
+    """
+    runs = [
+        replay_dataset(source, data, config.model_copy(update={"corruptions": tuple(order)}), progress)
+        for order in orders
+    ]
+    domains = list(runs[0]["per_domain_error"])
+    aggregate = dict(runs[0])
+    seconds = sum(run["seconds"] for run in runs)
+    aggregate.update(
+        config={**runs[0]["config"], "corruptions": None, "orders": [list(order) for order in orders]},
+        per_domain_error={d: float(np.mean([run["per_domain_error"][d] for run in runs])) for d in domains},
+        mean_error=float(np.mean([run["mean_error"] for run in runs])),
+        error_all_images=float(np.mean([run["error_all_images"] for run in runs])),
+        per_order=[{"corruptions": list(o), "mean_error": r["mean_error"]} for o, r in zip(orders, runs, strict=True)],
+        batches=[batch for run in runs for batch in run["batches"]],
+        images=sum(run["images"] for run in runs),
+        seconds=seconds,
+        images_per_s=sum(run["images"] for run in runs) / seconds,
+        peak_rss_bytes=max(run["peak_rss_bytes"] for run in runs),
+    )
+    return aggregate
 
 
 def replay(
@@ -43,6 +116,10 @@ def replay(
 ) -> dict[str, Any]:
     """Run the stream; returns the result record (JSON-ready)."""
     torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    source.module.to(device)  # before the adapter: its per-stream views share the source tensors
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
     batches: list[dict[str, Any]] = []
     wrong: dict[str, int] = {}
@@ -55,8 +132,8 @@ def replay(
             adapter.reset()
         for first in range(0, len(segment.labels), config.batch_size):
             last = min(first + config.batch_size, len(segment.labels))
-            x = torch.from_numpy(segment.images[first:last]).permute(0, 3, 1, 2).float().div_(255)
-            mistakes = adapter.forward_and_adapt(x).argmax(1).numpy() != segment.labels[first:last]
+            x = torch.from_numpy(segment.images[first:last]).to(device).permute(0, 3, 1, 2).float().div_(255)
+            mistakes = adapter.forward_and_adapt(x).argmax(1).cpu().numpy() != segment.labels[first:last]
             tags = segment.tags[first:last]
             for tag in dict.fromkeys(tags.tolist()):
                 mask = tags == tag
@@ -83,6 +160,9 @@ def replay(
         # Process-wide peak resident memory (Linux reports KiB), not a per-step measurement.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+    if device.type == "cuda":
+        result["device_name"] = torch.cuda.get_device_name(device)
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     at_five = [error for tag, error in per_domain.items() if tag.endswith("@5")]
     if at_five:
         result["mean_error_at_severity_5"] = float(np.mean(at_five))
@@ -90,27 +170,55 @@ def replay(
 
 
 def error_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: adapters (rows) by domain (columns), error in %, plus the mean."""
+    """Markdown: adapters (rows) by domain (columns), error in %, the mean, speed and peak memory."""
     domains = list(results[0]["per_domain_error"])
-    header = "| adapter | " + " | ".join(domains) + " | mean | img/s |"
-    lines = [header, "|---" + "|---:" * (len(domains) + 2) + "|"]
+    header = "| adapter | " + " | ".join(domains) + " | mean | img/s | peak memory |"
+    lines = [header, "|---" + "|---:" * (len(domains) + 3) + "|"]
     for result in results:
         cells = [f"{100 * result['per_domain_error'][d]:.1f}" for d in domains]
         lines.append(
             f"| {result['config']['adapter']} | "
             + " | ".join(cells)
-            + f" | **{100 * result['mean_error']:.1f}** | {result['images_per_s']:.0f} |"
+            + f" | **{100 * result['mean_error']:.1f}** | {result['images_per_s']:.0f} | {_memory(result)} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: Sequence[dict[str, Any]], out_dir: Path) -> str:
-    """``table.md``, ``domain_errors.png`` and ``cumulative_error.png`` in ``out_dir``."""
+def _memory(result: dict[str, Any]) -> str:
+    if "peak_gpu_bytes" in result:
+        return f"{result['peak_gpu_bytes'] / 2**20:.0f} MiB GPU"
+    return f"{result['peak_rss_bytes'] / 2**20:.0f} MiB RSS"
+
+
+def _setup_line(results: Sequence[dict[str, Any]]) -> str:
+    first = results[0]
+    config = first["config"]
+    n = config.get("n_per_domain") or "all"
+    device = first.get("device_name") or f"CPU, {first.get('threads')} threads"
+    return (
+        f"Model `{first['model']}`, {config.get('dataset', 'cifar10c')}, setting `{config['setting']}`, "
+        f"severity {config['severity']}, {n} images per domain, batch {config['batch_size']}, seed {config['seed']}, "
+        f"{device}, torch {first['versions']['torch']}. Error in % (online: each batch predicted before its update)."
+    )
+
+
+def write_report(results: Sequence[dict[str, Any]], out_dir: Path, stem: str = "") -> str:
+    """The table (``table.md``), error-per-domain and cumulative-error plots in ``out_dir``; with a
+    ``stem``, ``<stem>.md``, ``<stem>.json`` (all runs) and ``<stem>_*.png`` instead."""
     from benchmarks.report_plots import plot_cumulative_error, plot_domain_errors
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = error_table(results)
-    (out_dir / "table.md").write_text(table)
-    plot_domain_errors(results, out_dir / "domain_errors.png")
-    plot_cumulative_error(results, out_dir / "cumulative_error.png")
-    return table
+    prefix = f"{stem}_" if stem else ""
+    plot_domain_errors(results, out_dir / f"{prefix}domain_errors.png")
+    plot_cumulative_error(results, out_dir / f"{prefix}cumulative_error.png")
+    if not stem:
+        (out_dir / "table.md").write_text(table)
+        return table
+    document = (
+        f"# {stem}\n\n{_setup_line(results)}\n\n{table}\n"
+        f"![error per domain]({prefix}domain_errors.png)\n![cumulative online error]({prefix}cumulative_error.png)\n"
+    )
+    (out_dir / f"{stem}.md").write_text(document)
+    (out_dir / f"{stem}.json").write_text(json.dumps({"runs": list(results)}, indent=1) + "\n")
+    return document

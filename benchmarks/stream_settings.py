@@ -24,6 +24,33 @@ Setting = Literal["continual", "reset_each_shift", "gradual", "gradual_cotta", "
 SETTINGS: tuple[str, ...] = ("continual", "reset_each_shift", "gradual", "gradual_cotta", "mixed_domains", "correlated")
 GRADUAL = (1, 2, 3, 4, 5, 4, 3, 2, 1)
 
+# CoTTA's ten ImageNet-C orders (cfgs/10orders; also used by PETAL), averaged in its ImageNet-C table.
+COTTA_TEN_ORDERS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(line.split(","))
+    for line in (
+        "brightness,pixelate,gaussian_noise,motion_blur,zoom_blur,glass_blur,impulse_noise,jpeg_compression,"
+        "defocus_blur,elastic_transform,shot_noise,frost,snow,fog,contrast",
+        "jpeg_compression,shot_noise,zoom_blur,frost,contrast,fog,defocus_blur,elastic_transform,gaussian_noise,"
+        "brightness,glass_blur,impulse_noise,pixelate,snow,motion_blur",
+        "contrast,defocus_blur,gaussian_noise,shot_noise,snow,frost,glass_blur,zoom_blur,elastic_transform,"
+        "jpeg_compression,pixelate,brightness,impulse_noise,motion_blur,fog",
+        "shot_noise,fog,glass_blur,pixelate,snow,elastic_transform,brightness,impulse_noise,defocus_blur,frost,"
+        "contrast,gaussian_noise,motion_blur,jpeg_compression,zoom_blur",
+        "pixelate,glass_blur,zoom_blur,snow,fog,impulse_noise,brightness,motion_blur,frost,jpeg_compression,"
+        "gaussian_noise,shot_noise,contrast,defocus_blur,elastic_transform",
+        "motion_blur,snow,fog,shot_noise,defocus_blur,contrast,zoom_blur,brightness,frost,elastic_transform,"
+        "glass_blur,gaussian_noise,pixelate,jpeg_compression,impulse_noise",
+        "frost,impulse_noise,jpeg_compression,contrast,zoom_blur,glass_blur,pixelate,snow,defocus_blur,motion_blur,"
+        "brightness,elastic_transform,shot_noise,fog,gaussian_noise",
+        "glass_blur,zoom_blur,impulse_noise,fog,snow,jpeg_compression,gaussian_noise,frost,shot_noise,brightness,"
+        "contrast,motion_blur,pixelate,defocus_blur,elastic_transform",
+        "defocus_blur,motion_blur,zoom_blur,shot_noise,gaussian_noise,glass_blur,jpeg_compression,fog,contrast,"
+        "pixelate,frost,snow,brightness,elastic_transform,impulse_noise",
+        "contrast,gaussian_noise,defocus_blur,zoom_blur,frost,glass_blur,jpeg_compression,fog,pixelate,"
+        "elastic_transform,shot_noise,impulse_noise,snow,motion_blur,brightness",
+    )
+)
+
 
 @dataclass(frozen=True)
 class Segment:

@@ -18,7 +18,8 @@ def stochastic_restore(params: Sequence[Tensor], source: Sequence[Tensor], p: fl
         raise ValueError(f"restore probability must lie in [0, 1], got {p}")
     restored = 0
     for param, original in zip(params, source, strict=True):
-        mask = torch.rand(param.shape, generator=generator, device=param.device) < p
+        # drawn on the generator's device (the CPU), so a stream restores the same elements on any device
+        mask = (torch.rand(param.shape, generator=generator) < p).to(param.device)
         param.copy_(torch.where(mask, original, param))
         restored += int(mask.sum())
     return restored
