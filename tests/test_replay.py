@@ -14,8 +14,8 @@ from adapters import SourceModel, create_adapter
 from benchmarks.cli import main as bench_main
 from benchmarks.datasets.cifar10 import DatasetError
 from benchmarks.datasets.cifar10c import CORRUPTIONS, load_cifar10c
-from benchmarks.replay import ReplayConfig, error_table, replay
-from benchmarks.stream_settings import Segment, build_stream, dirichlet_order
+from benchmarks.replay import ReplayConfig, error_table, replay, replay_dataset, replay_orders
+from benchmarks.stream_settings import COTTA_TEN_ORDERS, Segment, build_stream, dirichlet_order
 
 PER_SEVERITY = 12
 
@@ -150,3 +150,45 @@ def test_gradual_replay_reports_the_error_at_severity_5(tiny_source: SourceModel
     config = ReplayConfig(adapter="norm", setting="gradual", batch_size=12)
     result = replay(tiny_source, domains(cifar10c_dir, CORRUPTIONS[:1], "gradual"), config, progress=False)
     assert len(result["per_domain_error"]) == 5 and "mean_error_at_severity_5" in result
+
+
+def test_errors_are_fractions_and_the_stem_report_collects_every_run(cifar10c_dir: Path, tmp_path: Path) -> None:
+    options = ["--adapters", "source,tent", "--batch-size", "6", "--out", str(tmp_path)]
+    bench_main(["replay", "--data", str(cifar10c_dir), *options])
+    runs = [json.loads((tmp_path / f"{a}.json").read_text()) for a in ("source", "tent")]
+    for run in runs:
+        assert all(0.0 <= e <= 1.0 for e in run["per_domain_error"].values()) and 0.0 <= run["mean_error"] <= 1.0
+        assert run["images_per_s"] > 0 and run["peak_rss_bytes"] > 0 and run["versions"]["torch"]
+        assert sum(b["images"] for b in run["batches"]) == run["images"]
+    runs_json = [str(tmp_path / "source.json"), str(tmp_path / "tent.json")]
+    bench_main(["report", *runs_json, "--out", str(tmp_path / "r"), "--stem", "demo"])
+    combined = json.loads((tmp_path / "r" / "demo.json").read_text())
+    assert [r["config"]["adapter"] for r in combined["runs"]] == ["source", "tent"]
+    assert "| tent |" in (tmp_path / "r" / "demo.md").read_text()
+    assert (tmp_path / "r" / "demo_domain_errors.png").is_file() and (
+        tmp_path / "r" / "demo_cumulative_error.png"
+    ).is_file()
+    bench_main(["report", str(tmp_path / "r" / "demo.json"), "--out", str(tmp_path / "r2"), "--stem", "again"])
+    assert json.loads((tmp_path / "r2" / "again.json").read_text()) == combined
+
+
+def test_ten_orders_average_runs_that_each_start_from_the_source(tiny_source: SourceModel, cifar10c_dir: Path) -> None:
+    orders = [CORRUPTIONS[:3], CORRUPTIONS[:3][::-1]]
+    config = ReplayConfig(adapter="tent", batch_size=6, corruptions=CORRUPTIONS[:3])
+    result = replay_orders(tiny_source, cifar10c_dir, config, orders, progress=False)
+    singles = [
+        replay_dataset(tiny_source, cifar10c_dir, config.model_copy(update={"corruptions": tuple(o)}), progress=False)
+        for o in orders
+    ]
+    assert result["mean_error"] == pytest.approx(np.mean([s["mean_error"] for s in singles]))
+    for domain in CORRUPTIONS[:3]:
+        expected = np.mean([s["per_domain_error"][domain] for s in singles])
+        assert result["per_domain_error"][domain] == pytest.approx(expected)
+    assert result["config"]["orders"] == [list(o) for o in orders] and len(result["per_order"]) == 2
+    assert result["images"] == 2 * 3 * PER_SEVERITY
+
+
+def test_cotta_ten_orders_are_permutations_of_the_standard_fifteen() -> None:
+    assert len(COTTA_TEN_ORDERS) == 10 and len(set(COTTA_TEN_ORDERS)) == 10
+    assert all(sorted(order) == sorted(CORRUPTIONS) for order in COTTA_TEN_ORDERS)
+    assert COTTA_TEN_ORDERS[0][:3] == ("brightness", "pixelate", "gaussian_noise")
