@@ -167,36 +167,38 @@ def prepare_artefacts(
                 "built_from": split.description,
                 "data_sha256": split.data_sha256,
                 "build_seconds": round(time.perf_counter() - start, 3),
+                "built_with": _build_environment(source),
             },
         )
         built.append(name)
     return built
 
 
+def _build_environment(source: SourceModel) -> str:
+    device = next(source.module.parameters()).device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"torch {torch.__version__} on {name}"
+
+
 def tensor_sha256(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def net_input(module: Any, images: Tensor) -> Tensor:
-    """The normalised input a ``NormalizedModel``'s inner network sees."""
-    normalized: Tensor = module.normalizer(images)
-    return normalized
 
 
 @torch.inference_mode()
 def _source_outputs(source: SourceModel, data: SourceData) -> tuple[Tensor, Tensor | None]:
     module = source.module.eval()
-    net: Any = module.net if isinstance(module, NormalizedModel) else None
-    with_features = isinstance(module, NormalizedModel) and hasattr(net, "forward_features")
+    split = module if isinstance(module, NormalizedModel) and module.has_features else None
+    device = next(module.parameters()).device
     logits, features = [], []
-    for images, _ in data.batches():
-        if with_features:
-            feats = net.forward_features(net_input(module, images))
+    for batch, _ in data.batches():
+        images = batch.to(device)
+        if split is not None:
+            feats = split.features(images)
             features.append(feats)
-            logits.append(net.classifier(feats))
+            logits.append(split.classifier(feats))
         else:
             logits.append(module(images))
-    return torch.cat(logits), (torch.cat(features) if features else None)
+    return torch.cat(logits).cpu(), (torch.cat(features).cpu() if features else None)
 
 
 @register_artefact(

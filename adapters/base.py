@@ -56,12 +56,18 @@ class Adapter(ABC):
                 "or load the eager checkpoint"
             )
         store = ArtefactStore(source)
-        store.require(self.required_artefacts, f"adapter {self.name!r}")
-        self.artefacts = {name: store.load(name) for name in self.required_artefacts}
+        needed = self.artefacts_for(self.config)
+        store.require(needed, f"adapter {self.name!r}")
+        self.artefacts = {name: store.load(name) for name in needed}
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.steps = 0
         self._last: dict[str, float] = {}
         self._setup()
+
+    @classmethod
+    def artefacts_for(cls, config: AdapterConfig) -> tuple[str, ...]:
+        """The source artefacts this configuration needs (default: ``required_artefacts``)."""
+        return cls.required_artefacts
 
     @classmethod
     def parse_config(cls, config: AdapterConfig | dict[str, Any] | None) -> AdapterConfig:

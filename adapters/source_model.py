@@ -58,6 +58,18 @@ class NormalizedModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalizer(x))  # type: ignore[no-any-return]
 
+    @property
+    def has_features(self) -> bool:
+        return hasattr(self.net, "forward_features") and isinstance(getattr(self.net, "classifier", None), nn.Module)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled penultimate features (the input of ``classifier``)."""
+        return self.net.forward_features(self.normalizer(x))  # type: ignore[operator,no-any-return]
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.net.classifier  # type: ignore[return-value]
+
 
 @dataclass
 class SourceModel:

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     prep.add_argument("--data", type=Path, help="CIFAR-10 directory or tarball (default: ../shared/data)")
     prep.add_argument("--artefacts", help="comma-separated names (default: all registered)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
+    prep.add_argument("--device", default="cpu", help="torch device for the builders, e.g. cuda")
 
     frozen = commands.add_parser("frozen-forward", help="images/s of torch eager vs ONNX Runtime")
     frozen.add_argument("--model", default="cifar10-airbench")
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--model", default="cifar10-airbench")
     rep.add_argument("--model-kwargs", help="JSON arguments of the model factory (e.g. a weights path)")
     rep.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    rep.add_argument(
+        "--server",
+        help="URL of a running tta-server (e.g. http://127.0.0.1:8000): send the stream to POST /v1/predict "
+        "(one stream id per run) instead of adapting in process; its --adapter must match --adapters",
+    )
     rep.add_argument("--adapters", default="source,norm,tent", help="comma-separated adapter names")
     rep.add_argument(
         "--adapter-config", default="{}", help='JSON per adapter, e.g. \'{"tent": {"optimizer": {"lr": 5e-4}}}\''
@@ -108,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     rep_report.add_argument("results", type=Path, nargs="+", help="replay JSON files (one per adapter)")
     rep_report.add_argument("--out", type=Path, default=None, help="default: the first file's directory")
     rep_report.add_argument("--stem", default="", help="write <stem>.md, <stem>.json and <stem>_*.png")
+    rep_report.add_argument("--note", default="", help="a paragraph for <stem>.md (how the runs were made)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit("no --data given and ../shared/data/cifar10-jpeg.tar.gz not found")
         source = create_source_model(args.model, **_model_kwargs(args.model_kwargs))
         names = args.artefacts.split(",") if args.artefacts else None
-        built = prepare(source, data, names, force=args.force)
+        built = prepare(source, data, names, force=args.force, device=args.device)
         print(json.dumps({"model": source.model_id, "built": built, "directory": str(source.artefact_dir)}))
     elif args.command == "make-imagenet-c":
         from benchmarks.build_corrupted import build_imagenet_c
@@ -194,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.orders == "cotta10":
                 result = replay_orders(source, args.data, config, COTTA_TEN_ORDERS)
             else:
-                result = replay_dataset(source, args.data, config)
+                result = replay_dataset(source, args.data, config, server=args.server)
             (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
             results.append(result)
         print(write_report(results, args.out))
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         for path in args.results:
             loaded = json.loads(path.read_text())
             runs += loaded.get("runs", [loaded])  # a combined <stem>.json or one run
-        print(write_report(runs, args.out or args.results[0].parent, args.stem))
+        print(write_report(runs, args.out or args.results[0].parent, args.stem, args.note))
     elif args.command == "adapter-speed":
         from benchmarks.adapter_speed import run_adapter_speed
 

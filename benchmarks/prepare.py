@@ -21,19 +21,24 @@ def to_source_data(arrays: ImageArrays, description: str) -> SourceData:
     return SourceData(images, torch.from_numpy(arrays.labels).long(), description, digest.hexdigest())
 
 
-def holdout_split(source: SourceModel, train: ImageArrays) -> tuple[ImageArrays, str]:
-    """The hold-out split the model's training script set aside (or the default for other models)."""
+def holdout_split(source: SourceModel, train: ImageArrays) -> tuple[ImageArrays, ImageArrays, str]:
+    """(the images the model trained on, the hold-out its training script set aside, a note); for
+    other models the default hold-out, and all training images as the first part."""
     spec = source.metadata.get("holdout", DEFAULT_HOLDOUT)
-    _, holdout = stratified_holdout(train.labels, spec["per_class"], spec["seed"])
+    rest, holdout = stratified_holdout(train.labels, spec["per_class"], spec["seed"])
     note = "" if "holdout" in source.metadata else " (the model may have trained on it)"
-    return train.subset(holdout), f"train hold-out, {spec['per_class']}/class, seed {spec['seed']}{note}"
+    trained_on = train.subset(rest) if "holdout" in source.metadata else train
+    return trained_on, train.subset(holdout), f"train hold-out, {spec['per_class']}/class, seed {spec['seed']}{note}"
 
 
-def prepare(source: SourceModel, data: Path, names: list[str] | None = None, force: bool = False) -> list[str]:
+def prepare(
+    source: SourceModel, data: Path, names: list[str] | None = None, force: bool = False, device: str = "cpu"
+) -> list[str]:
+    source.module.to(device)  # builders that train (SWAG, warm-up) or embed run where the model is
     train = load_cifar10(data, "train")
-    holdout, description = holdout_split(source, train)
+    trained_on, holdout, description = holdout_split(source, train)
     splits = {
         "holdout": to_source_data(holdout, f"CIFAR-10 {description}"),
-        "train": to_source_data(train, "CIFAR-10 train (all 50,000)"),
+        "train": to_source_data(trained_on, f"CIFAR-10 train, the {len(trained_on)} images the model trained on"),
     }
     return prepare_artefacts(source, splits, names or list_artefacts(), force=force)

@@ -62,8 +62,10 @@ def domain_loader(config: ReplayConfig, data: Path) -> Loader:
     return load
 
 
-def replay_dataset(source: SourceModel, data: Path, config: ReplayConfig, progress: bool = True) -> dict[str, Any]:
-    """Build the configured stream from ``data`` and replay it."""
+def replay_dataset(
+    source: SourceModel, data: Path, config: ReplayConfig, progress: bool = True, server: str | None = None
+) -> dict[str, Any]:
+    """Build the configured stream from ``data`` and replay it (in process, or on ``server``)."""
     segments = build_stream(
         domain_loader(config, data),
         config.corruptions,
@@ -73,7 +75,7 @@ def replay_dataset(source: SourceModel, data: Path, config: ReplayConfig, progre
         config.seed,
         config.delta,
     )
-    result = replay(source, segments, config, progress)
+    result = replay(source, segments, config, progress, server)
     manifest = data / "manifest.json"
     if manifest.is_file():  # how the data set was built (tta-bench make-cifar10c / make-imagenet-c)
         built = json.loads(manifest.read_text())
@@ -112,28 +114,46 @@ def replay_orders(
 
 
 def replay(
-    source: SourceModel, segments: Sequence[Segment], config: ReplayConfig, progress: bool = True
+    source: SourceModel,
+    segments: Sequence[Segment],
+    config: ReplayConfig,
+    progress: bool = True,
+    server: str | None = None,
 ) -> dict[str, Any]:
-    """Run the stream; returns the result record (JSON-ready)."""
+    """Run the stream, in process or (with ``server``) through a running tta-server's REST API;
+    returns the result record (JSON-ready)."""
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    source.module.to(device)  # before the adapter: its per-stream views share the source tensors
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
+    remote = None
+    if server is None:
+        source.module.to(device)  # before the adapter: its per-stream views share the source tensors
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
+    else:
+        from benchmarks.remote import RemoteStream
+
+        remote = RemoteStream(server, config.adapter)
     batches: list[dict[str, Any]] = []
     wrong: dict[str, int] = {}
     seen: dict[str, int] = {}
     total = sum(len(s.labels) for s in segments)
     bar = tqdm(total=total, desc=f"replay {config.adapter}", unit="img", disable=not progress)
     start = time.perf_counter()
-    for segment in segments:
-        if segment.reset_before:
+    for index, segment in enumerate(segments):
+        if segment.reset_before and remote is not None:
+            if index > 0:
+                remote.reset()
+        elif segment.reset_before:
             adapter.reset()
         for first in range(0, len(segment.labels), config.batch_size):
             last = min(first + config.batch_size, len(segment.labels))
-            x = torch.from_numpy(segment.images[first:last]).to(device).permute(0, 3, 1, 2).float().div_(255)
-            mistakes = adapter.forward_and_adapt(x).argmax(1).cpu().numpy() != segment.labels[first:last]
+            if remote is not None:
+                predicted = remote.predict_and_adapt(segment.images[first:last])
+            else:
+                x = torch.from_numpy(segment.images[first:last]).to(device).permute(0, 3, 1, 2).float().div_(255)
+                predicted = adapter.forward_and_adapt(x).argmax(1).cpu().numpy()
+            mistakes = predicted != segment.labels[first:last]
             tags = segment.tags[first:last]
             for tag in dict.fromkeys(tags.tolist()):
                 mask = tags == tag
@@ -147,7 +167,7 @@ def replay(
     result: dict[str, Any] = {
         "config": config.model_dump(mode="json"),
         "model": source.model_id,
-        "adapter_config": adapter.config.model_dump(mode="json"),
+        "adapter_config": adapter.config.model_dump(mode="json") if remote is None else None,
         "versions": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
         "threads": torch.get_num_threads(),
         "per_domain_error": per_domain,
@@ -160,7 +180,10 @@ def replay(
         # Process-wide peak resident memory (Linux reports KiB), not a per-step measurement.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
-    if device.type == "cuda":
+    if remote is not None:
+        result["server"] = {"url": server, "latency_ms": remote.latency_summary()}
+        remote.close()
+    elif device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
     at_five = [error for tag, error in per_domain.items() if tag.endswith("@5")]
@@ -202,7 +225,7 @@ def _setup_line(results: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def write_report(results: Sequence[dict[str, Any]], out_dir: Path, stem: str = "") -> str:
+def write_report(results: Sequence[dict[str, Any]], out_dir: Path, stem: str = "", note: str = "") -> str:
     """The table (``table.md``), error-per-domain and cumulative-error plots in ``out_dir``; with a
     ``stem``, ``<stem>.md``, ``<stem>.json`` (all runs) and ``<stem>_*.png`` instead."""
     from benchmarks.report_plots import plot_cumulative_error, plot_domain_errors
@@ -215,10 +238,10 @@ def write_report(results: Sequence[dict[str, Any]], out_dir: Path, stem: str = "
     if not stem:
         (out_dir / "table.md").write_text(table)
         return table
-    document = (
-        f"# {stem}\n\n{_setup_line(results)}\n\n{table}\n"
+    plots = (
         f"![error per domain]({prefix}domain_errors.png)\n![cumulative online error]({prefix}cumulative_error.png)\n"
     )
+    document = f"# {stem}\n\n{_setup_line(results)}\n\n{table}\n" + (f"{note}\n\n" if note else "") + plots
     (out_dir / f"{stem}.md").write_text(document)
     (out_dir / f"{stem}.json").write_text(json.dumps({"runs": list(results)}, indent=1) + "\n")
     return document

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from adapters import Preprocessing, SourceModel, create_source_model
+from adapters import Preprocessing, SourceData, SourceModel, create_source_model, prepare_artefacts
 from adapters.models.airbench import AirbenchNet
 from adapters.source_model import NormalizedModel, state_sha256
 from benchmarks.datasets.cifar10 import find_shared_cifar10
@@ -24,8 +25,25 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def make_tiny_source(seed: int = 0, name: str = "tiny") -> SourceModel:
-    """A small airbench net with random weights and non-trivial BN statistics."""
+TINY_ARTEFACTS = ("rmt_prototypes", "petal_swag", "source_replay_bank")
+
+
+@functools.cache
+def tiny_artefact_dir() -> Path:
+    """The source artefacts of the seed-0 tiny model (the adapters' required ones), built once per
+    test session from 200 smooth random images."""
+    directory = Path(os.environ["TTA_CACHE_DIR"]) / "tiny-artefacts"
+    source = make_tiny_source(with_artefacts=False)
+    source.artefact_dir = directory
+    images = image_batch(200, seed=99)
+    data = SourceData(images, torch.arange(200) % 10, "smooth random images", "tiny")
+    prepare_artefacts(source, {"train": data, "holdout": data}, TINY_ARTEFACTS)
+    return directory
+
+
+def make_tiny_source(seed: int = 0, name: str = "tiny", with_artefacts: bool = True) -> SourceModel:
+    """A small airbench net with random weights and non-trivial BN statistics; the seed-0 model
+    comes with its source artefacts."""
     torch.manual_seed(seed)
     net = AirbenchNet(num_classes=10, widths=(8, 16, 16), depth=3)
     for module in net.modules():
@@ -35,13 +53,16 @@ def make_tiny_source(seed: int = 0, name: str = "tiny") -> SourceModel:
             module.weight.data.uniform_(0.8, 1.2)
             module.bias.data.uniform_(-0.1, 0.1)
     preprocessing = Preprocessing(input_size=(32, 32), mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26))
-    return SourceModel(
+    source = SourceModel(
         name=name,
         module=NormalizedModel(net, preprocessing),
         preprocessing=preprocessing,
         class_names=tuple(f"class{i}" for i in range(10)),
         weights_sha256=state_sha256(net.state_dict()),
     )
+    if with_artefacts and seed == 0 and name == "tiny":
+        source.artefact_dir = tiny_artefact_dir()
+    return source
 
 
 @pytest.fixture

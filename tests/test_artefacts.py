@@ -15,9 +15,11 @@ from adapters import (
     SourceData,
     SourceModel,
     create_adapter,
+    list_adapters,
     list_artefacts,
     prepare_artefacts,
 )
+from adapters.artefacts import ARTEFACTS
 from adapters.methods.source import SourceAdapter
 from tests.conftest import image_batch, make_tiny_source
 
@@ -54,9 +56,12 @@ def test_prepare_builds_stores_and_adapters_load(
     tmp_path: Path, holdout: SourceData, needs_atc: type[SourceAdapter]
 ) -> None:
     source = with_dir(make_tiny_source(), tmp_path)
-    built = prepare_artefacts(source, {"holdout": holdout})
-    assert set(built) == set(list_artefacts())
-    assert prepare_artefacts(source, {"holdout": holdout}) == []  # present: nothing rebuilt
+    holdout_built = [name for name in list_artefacts() if ARTEFACTS.get(name).split == "holdout"]
+    built = prepare_artefacts(source, {"holdout": holdout}, holdout_built)
+    assert set(built) == {"atc_threshold", "source_statistics"}
+    assert prepare_artefacts(source, {"holdout": holdout}, holdout_built) == []  # present: nothing rebuilt
+    with pytest.raises(MissingArtefactError, match="'train' split"):
+        prepare_artefacts(source, {"holdout": holdout}, ["rmt_prototypes"])
     manifest = ArtefactStore(source).manifest()
     assert manifest["atc_threshold"]["model_id"] == source.model_id
     assert manifest["atc_threshold"]["built_from"] == "synthetic hold-out"
@@ -71,7 +76,7 @@ def test_prepare_builds_stores_and_adapters_load(
 def test_artefacts_of_other_weights_are_not_used(
     tmp_path: Path, holdout: SourceData, needs_atc: type[SourceAdapter]
 ) -> None:
-    prepare_artefacts(with_dir(make_tiny_source(seed=0), tmp_path), {"holdout": holdout})
+    prepare_artefacts(with_dir(make_tiny_source(seed=0), tmp_path), {"holdout": holdout}, ["atc_threshold"])
     retrained = with_dir(make_tiny_source(seed=1), tmp_path)
     assert ArtefactStore(retrained).missing(["atc_threshold"]) == ["atc_threshold"]
     with pytest.raises(MissingArtefactError):
@@ -91,9 +96,17 @@ def test_corrupt_artefact_is_detected(tmp_path: Path, holdout: SourceData) -> No
         ArtefactStore(source).load("atc_threshold")
 
 
+# Shipped: everything the default configurations of all adapters need. Built on demand by
+# `tta-bench prepare`: the RMT warm-up checkpoints (source-available variant, ~50 MB each) and the
+# labelled replay bank (source images, which the project does not redistribute).
+SHIPPED = ("atc_threshold", "source_statistics", "rmt_prototypes", "petal_swag")
+
+
 def test_bundled_model_ships_its_artefacts(bundled_source: SourceModel) -> None:
     store = ArtefactStore(bundled_source)
-    assert store.missing(list_artefacts()) == []
-    for name in list_artefacts():
-        assert "hold-out" in store.manifest()[name]["built_from"]
-    assert create_adapter("tent", bundled_source) is not None
+    assert store.missing(SHIPPED) == []
+    for name in SHIPPED:
+        split = ARTEFACTS.get(name).split
+        assert ("hold-out" if split == "holdout" else "trained on") in store.manifest()[name]["built_from"]
+    for name in list_adapters():
+        assert create_adapter(name, bundled_source) is not None  # default configurations load

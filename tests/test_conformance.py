@@ -62,6 +62,18 @@ def test_state_bytes_equals_the_per_stream_tensors(
     assert adapter.state_bytes() == sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def _cached_tensors(value: object) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, nn.Module):
+        return [*value.parameters(), *value.buffers()]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _cached_tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _cached_tensors(v)]
+    return []
+
+
 @pytest.mark.parametrize("name", ADAPTERS)
 def test_frozen_parts_are_shared_and_never_modified(
     name: str, tiny_source: SourceModel, batches: list[torch.Tensor]
@@ -71,6 +83,7 @@ def test_frozen_parts_are_shared_and_never_modified(
     run(adapter, batches)
     assert state_sha256(tiny_source.module.state_dict()) == before
     shared = {t.data_ptr() for t in [*tiny_source.module.parameters(), *tiny_source.module.buffers()]}
+    shared |= {t.data_ptr() for t in _cached_tensors(tiny_source.cache)}  # built once per model, for all streams
     own = {t.data_ptr() for t in adapter._state_tensors().values()}
     for module in (v for v in vars(adapter).values() if isinstance(v, nn.Module)):
         for tensor in [*module.parameters(), *module.buffers()]:

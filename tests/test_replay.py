@@ -192,3 +192,34 @@ def test_cotta_ten_orders_are_permutations_of_the_standard_fifteen() -> None:
     assert len(COTTA_TEN_ORDERS) == 10 and len(set(COTTA_TEN_ORDERS)) == 10
     assert all(sorted(order) == sorted(CORRUPTIONS) for order in COTTA_TEN_ORDERS)
     assert COTTA_TEN_ORDERS[0][:3] == ("brightness", "pixelate", "gaussian_noise")
+
+
+def test_replay_through_the_server_matches_the_in_process_replay(tmp_path: Path) -> None:
+    """Same pixels (PNG), same adapter and seed, batches above min_adapt_batch: same predictions.
+
+    Tolerance zero: the server runs the same adapter code on the same float inputs with the same
+    thread count, so the predicted classes agree exactly."""
+    from adapters import create_source_model
+    from tests.server_harness import running_server
+    from tta_server import Settings
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "c10c"
+    root.mkdir()
+    np.save(root / "labels.npy", np.tile(np.arange(32) % 10, 5).astype(np.uint8))
+    for name in CORRUPTIONS[:2]:
+        coarse = rng.integers(0, 256, size=(160, 8, 8, 3), dtype=np.uint8)
+        np.save(root / f"{name}.npy", coarse.repeat(4, axis=1).repeat(4, axis=2))  # smooth, image-like
+    config = ReplayConfig(adapter="tent", batch_size=16, corruptions=CORRUPTIONS[:2], setting="reset_each_shift")
+    local = replay_dataset(create_source_model(), root, config, progress=False)
+    settings = Settings(default_adapter="tent", min_adapt_batch=16)
+    with running_server(settings) as url:
+        remote = replay_dataset(create_source_model(), root, config, progress=False, server=url)
+        with pytest.raises(Exception, match="start it with --adapter norm"):
+            replay_dataset(
+                create_source_model(), root, config.model_copy(update={"adapter": "norm"}), False, server=url
+            )
+    assert remote["per_domain_error"] == local["per_domain_error"]
+    assert [b["errors"] for b in remote["batches"]] == [b["errors"] for b in local["batches"]]
+    latency = remote["server"]["latency_ms"]
+    assert latency["requests"] == 2 * 2 and 0 < latency["p50"] <= latency["p99"]

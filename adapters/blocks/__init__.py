@@ -2,26 +2,33 @@
 
 from adapters.blocks.augment import AugmentConfig, cotta_augment
 from adapters.blocks.ema import ema_update
-from adapters.blocks.losses import entropy, soft_cross_entropy, symmetric_cross_entropy
+from adapters.blocks.losses import entropy, soft_cross_entropy, supervised_contrastive, symmetric_cross_entropy
 from adapters.blocks.norm import test_batch_norm_layers, use_test_batch_statistics
 from adapters.blocks.optim import OptimizerConfig, load_optimizer_tensors, make_optimizer, optimizer_tensors
-from adapters.blocks.restore import stochastic_restore
+from adapters.blocks.pseudo_label import TeacherTarget, gated_teacher_target
+from adapters.blocks.restore import fisher_restore_masks, lower_quantile, masked_restore, stochastic_restore
 from adapters.blocks.sharing import own_parameters, replace_modules, shared_view
 
 __all__ = [
     "AugmentConfig",
     "OptimizerConfig",
+    "TeacherTarget",
     "cotta_augment",
     "ema_update",
     "entropy",
+    "fisher_restore_masks",
+    "gated_teacher_target",
     "load_optimizer_tensors",
+    "lower_quantile",
     "make_optimizer",
+    "masked_restore",
     "optimizer_tensors",
     "own_parameters",
     "replace_modules",
     "shared_view",
     "soft_cross_entropy",
     "stochastic_restore",
+    "supervised_contrastive",
     "symmetric_cross_entropy",
     "test_batch_norm_layers",
     "use_test_batch_statistics",

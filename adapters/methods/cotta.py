@@ -12,8 +12,8 @@ from adapters.base import Adapter, AdapterConfig, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
-    cotta_augment,
     ema_update,
+    gated_teacher_target,
     load_optimizer_tensors,
     make_optimizer,
     optimizer_tensors,
@@ -87,22 +87,15 @@ class CottaAdapter(Adapter):
         self.optimizer = make_optimizer(self.student_params, self.config.optimizer)
         self._signals = {"anchor_confidence": float("nan"), "augmented": float("nan"), "loss": float("nan")}
 
-    @torch.no_grad()
-    def _pseudo_label(self, x: Tensor) -> tuple[Tensor, float, bool]:
-        confidence = float(self.anchor(x).softmax(1).amax(1).mean())
-        if confidence >= self.config.gate_threshold:
-            return self.teacher(x), confidence, False
-        total = torch.zeros(())
-        for _ in range(self.config.n_augmentations):
-            view = cotta_augment(x, self.generator, self.config.augment)
-            total = total + self.teacher(view.contiguous(memory_format=torch.channels_last))
-        return total / self.config.n_augmentations, confidence, True
-
     def _forward_and_adapt(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
         student_logits = self.student(x)
-        target, confidence, augmented = self._pseudo_label(x)
-        if self.config.loss == "ce":
+        config = self.config
+        pseudo = gated_teacher_target(
+            self.anchor, self.teacher, x, config.gate_threshold, config.n_augmentations, self.generator, config.augment
+        )
+        target = pseudo.logits
+        if config.loss == "ce":
             loss = soft_cross_entropy(student_logits, target).mean()
         else:
             loss = symmetric_cross_entropy(student_logits, target).mean()
@@ -111,7 +104,11 @@ class CottaAdapter(Adapter):
         self.optimizer.step()
         ema_update(self.teacher_params, self.student_params, self.config.ema_alpha)
         stochastic_restore(self.student_params, self.source_params, self.config.restore_p, self.generator)
-        self._signals = {"anchor_confidence": confidence, "augmented": float(augmented), "loss": float(loss.detach())}
+        self._signals = {
+            "anchor_confidence": pseudo.anchor_confidence,
+            "augmented": float(pseudo.augmented),
+            "loss": float(loss.detach()),
+        }
         return target
 
     def _predict(self, x: Tensor) -> Tensor:

@@ -1,0 +1,40 @@
+"""The gated, augmentation-averaged teacher target of CoTTA and PETAL (methods.md 3.4, 3.8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from adapters.blocks.augment import AugmentConfig, cotta_augment
+
+
+@dataclass(frozen=True)
+class TeacherTarget:
+    logits: Tensor
+    anchor_confidence: float  # batch mean of the anchor's max softmax
+    augmented: bool  # whether the gate fired and the views were averaged
+
+
+@torch.no_grad()
+def gated_teacher_target(
+    anchor: nn.Module,
+    teacher: nn.Module,
+    x: Tensor,
+    threshold: float,
+    n_augmentations: int,
+    generator: torch.Generator,
+    augment: AugmentConfig,
+) -> TeacherTarget:
+    """The teacher on ``x`` when the batch-mean anchor confidence reaches ``threshold``; otherwise
+    the mean teacher logits over ``n_augmentations`` views, one random transform per view. The
+    views are computed only when the gate fires."""
+    confidence = float(anchor(x).softmax(1).amax(1).mean())
+    if confidence >= threshold:
+        return TeacherTarget(teacher(x), confidence, False)
+    total = torch.zeros((), device=x.device)
+    for _ in range(n_augmentations):
+        view = cotta_augment(x, generator, augment)
+        total = total + teacher(view.contiguous(memory_format=torch.channels_last))
+    return TeacherTarget(total / n_augmentations, confidence, True)
