@@ -2,17 +2,14 @@
 
 Adapters are stepped in turn on the same batches (interleaved, so machine noise hits all alike);
 the median seconds per batch give images/s and the time a full CIFAR-10-C replay
-(15 corruptions x 10,000 images) would take. Peak memory is measured per adapter in a fresh
-process (model loaded, one stream, two steps): its peak resident set, and the rise over the
-resident set before the first step (activations, gradients, augmented views, per-stream state).
+(15 corruptions x 10,000 images) would take. Memory per adapter: the peak tensor bytes
+of one step seen by the torch profiler's memory timeline, and the exact per-stream state.
 Writes ``adapter_speed.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import resource
 import statistics
 import sys
 import time
@@ -21,40 +18,37 @@ from typing import Any
 
 import torch
 
-from adapters import SourceModel, create_adapter
+from adapters import Adapter, SourceModel, create_adapter
 from benchmarks.report import write_result
 
 FULL_STREAM = 150_000  # CIFAR-10-C: 15 corruptions x 10,000 images
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def step_memory(adapter: Adapter, x: torch.Tensor) -> dict[str, int]:
+    """Peak tensor memory of one ``forward_and_adapt`` step, from the torch profiler's memory
+    timeline (every tensor allocation and free it sees, on CPU or GPU).
 
+    ``step_peak_bytes``: the peak of the bytes allocated during the step and still alive
+    (activations kept for backward, gradients, augmented views, temporaries).
+    ``step_peak_with_inputs_bytes``: the same plus the pre-existing tensors the step touched
+    (input batch, weights, per-stream state).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-def _measure_memory(model: str, name: str, config: dict[str, Any], batch_size: int, queue: Any) -> None:
-    from adapters import create_source_model
-
-    torch.set_num_threads(1)
-    source = create_source_model(model)
-    adapter = create_adapter(name, source, config)
-    x = torch.rand(batch_size, *source.input_shape, generator=torch.Generator().manual_seed(0))
-    before = _rss_bytes()
-    for _ in range(2):
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
         adapter.forward_and_adapt(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    queue.put({"peak_rss_bytes": peak, "rss_before_bytes": before, "state_bytes": adapter.state_bytes()})
-
-
-def peak_memory(model: str, name: str, config: dict[str, Any], batch_size: int) -> dict[str, int]:
-    """Peak memory of one stream of ``name``, in a fresh process so adapters do not mix."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=_measure_memory, args=(model, name, config, batch_size, queue))
-    process.start()
-    result: dict[str, int] = queue.get()
-    process.join()
-    return result
+    new = touched = peak_new = peak_touched = 0
+    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda row: row[0]):
+        if action == Action.PREEXISTING:
+            touched += size
+        elif action == Action.CREATE:
+            new += size
+        elif action == Action.DESTROY:
+            new -= size
+        peak_new, peak_touched = max(peak_new, new), max(peak_touched, new + touched)
+    return {"step_peak_bytes": peak_new, "step_peak_with_inputs_bytes": peak_touched}
 
 
 def run_adapter_speed(
@@ -78,22 +72,24 @@ def run_adapter_speed(
             adapter.forward_and_adapt(batches[i % len(batches)])
             times[label].append(time.perf_counter() - start)
     rows: list[dict[str, Any]] = []
-    for (name, cfg), (label, values) in zip(adapters, times.items(), strict=True):
+    for label, values in times.items():
         median = statistics.median(values)
-        memory = peak_memory(source.name, name, cfg, batch_size)
+        adapter = instances[label]
         rows.append(
             {
                 "adapter": label,
                 "median_s_per_batch": median,
                 "images_per_s": batch_size / median,
                 "full_cifar10c_minutes": FULL_STREAM / (batch_size / median) / 60,
-                **memory,
-                "peak_rise_bytes": memory["peak_rss_bytes"] - memory["rss_before_bytes"],
-                "diagnostics": instances[label].diagnostics(),
+                **step_memory(adapter, batches[0]),
+                "state_bytes": adapter.state_bytes(),
+                "diagnostics": adapter.diagnostics(),
             }
         )
+    source_bytes = sum(t.numel() * t.element_size() for t in source.module.state_dict().values())
     result = {
         "model": source.model_id,
+        "model_bytes": source_bytes,
         "command": " ".join(["tta-bench", *sys.argv[1:]]),
         "batch_size": batch_size,
         "repeats": repeats,
@@ -108,18 +104,19 @@ def run_adapter_speed(
         f"Adapter throughput ({source.model_id}, batch {batch_size})",
         f"`{result['command']}` — torch {torch.__version__}, {result['threads']} threads, median of {repeats} "
         "interleaved steps (synthetic uniform images: CoTTA's and PETAL's gate fires on them, their slow path). "
-        "Memory: one stream in a fresh process, 1 thread; peak RSS, its rise over the RSS before the first step, "
-        "and the exact per-stream state.",
-        ["adapter", "s / batch", "images/s", "full CIFAR-10-C (150k)", "peak RSS", "rise in step", "stream state"],
+        "Memory: peak tensor bytes allocated during one step (torch profiler memory timeline), the same with the "
+        f"tensors the step read (weights, state, input), and the exact per-stream state; the model is "
+        f"{source_bytes / 2**20:.1f} MiB.",
+        ["adapter", "s / batch", "images/s", "full CIFAR-10-C (150k)", "step peak", "with inputs", "stream state"],
         [
             [
                 str(r["adapter"]),
                 f"{r['median_s_per_batch']:.3f}",
                 f"{r['images_per_s']:.0f}",
                 f"{r['full_cifar10c_minutes']:.1f} min",
-                f"{r['peak_rss_bytes'] / 2**20:.0f} MiB",
-                f"{r['peak_rise_bytes'] / 2**20:.0f} MiB",
-                f"{r['state_bytes'] / 2**20:.1f} MiB",
+                f"{r['step_peak_bytes'] / 2**20:.0f} MiB",
+                f"{r['step_peak_with_inputs_bytes'] / 2**20:.0f} MiB",
+                f"{r['state_bytes'] / 2**20:.2f} MiB ({100 * r['state_bytes'] / source_bytes:.1f} %)",
             ]
             for r in rows
         ],

@@ -25,7 +25,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-TINY_ARTEFACTS = ("rmt_prototypes", "petal_swag", "source_replay_bank")
+TINY_ARTEFACTS = ("rmt_prototypes", "petal_swag", "source_replay_bank", "ecotta_warmup", "vida_warmup")
 
 
 @functools.cache

@@ -99,7 +99,7 @@ def test_corrupt_artefact_is_detected(tmp_path: Path, holdout: SourceData) -> No
 # Shipped: everything the default configurations of all adapters need. Built on demand by
 # `tta-bench prepare`: the RMT warm-up checkpoints (source-available variant, ~50 MB each) and the
 # labelled replay bank (source images, which the project does not redistribute).
-SHIPPED = ("atc_threshold", "source_statistics", "rmt_prototypes", "petal_swag")
+SHIPPED = ("atc_threshold", "source_statistics", "rmt_prototypes", "petal_swag", "ecotta_warmup", "vida_warmup")
 
 
 def test_bundled_model_ships_its_artefacts(bundled_source: SourceModel) -> None:

@@ -1,0 +1,120 @@
+"""EcoTTA and ViDA: warm-up artefacts, what trains, the memory-minded state, HKA."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from adapters import AdapterError, ArtefactStore, MissingArtefactError, SourceModel, create_adapter
+from adapters.blocks import shared_view, use_test_batch_statistics
+from tests.conftest import image_batch
+
+
+def test_unwarmed_adapters_are_refused_with_the_build_command(tiny_source: SourceModel, tmp_path: Path) -> None:
+    bare = dataclasses.replace(tiny_source, artefact_dir=tmp_path, cache={})
+    for name, artefact in (("ecotta", "ecotta_warmup"), ("vida", "vida_warmup")):
+        with pytest.raises(MissingArtefactError, match=rf"{artefact}.*tta-bench prepare"):
+            create_adapter(name, bare)
+
+
+def test_ecotta_starts_from_the_warmed_meta_networks_and_trains_only_them(tiny_source: SourceModel) -> None:
+    warm = ArtefactStore(tiny_source).load("ecotta_warmup")
+    adapter = create_adapter("ecotta", tiny_source)
+    assert torch.equal(adapter.meta_params[0].detach(), warm["meta.0.norm.weight"])
+    before = [p.detach().clone() for p in adapter.meta_params]
+    adapter.forward_and_adapt(image_batch(32))
+    assert any(not torch.equal(b, p) for b, p in zip(before, adapter.meta_params, strict=True))
+    state = adapter.state_dict()["tensors"]
+    assert {k.split(".")[0] for k in state} == {"meta", "optim"}
+    assert 0.0 <= adapter.diagnostics()["kept_fraction"] <= 1.0 and adapter.diagnostics()["regulariser"] >= 0
+
+
+def test_ecotta_entropy_filter_drops_uncertain_samples(tiny_source: SourceModel) -> None:
+    strict = create_adapter("ecotta", tiny_source, {"entropy_margin": 1e-6, "reg_weight": 0.0})
+    before = [p.detach().clone() for p in strict.meta_params]
+    strict.forward_and_adapt(image_batch(32))
+    assert strict.diagnostics()["kept_fraction"] == 0.0
+    assert all(torch.equal(b, p) for b, p in zip(before, strict.meta_params, strict=True))  # no signal, no step
+
+
+def test_ecotta_rejects_unknown_partitions_and_names_other_warmups(tiny_source: SourceModel) -> None:
+    with pytest.raises(AdapterError, match="partitions"):
+        create_adapter("ecotta", tiny_source, {"partitions": 7})
+    with pytest.raises(MissingArtefactError, match="--artefacts ecotta_warmup_k5_conv3"):
+        create_adapter("ecotta", tiny_source, {"partitions": 5, "kernel_size": 3})
+
+
+def test_cold_vida_starts_equal_to_the_source(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("vida", tiny_source, {"warmup": False})
+    reference = shared_view(tiny_source.module)
+    use_test_batch_statistics(reference)
+    x = image_batch(16)
+    with torch.no_grad():
+        expected = reference(x)
+    assert torch.allclose(adapter.forward_and_adapt(x), expected, atol=1e-5)
+
+
+def test_vida_sets_both_branch_scales_per_image(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("vida", tiny_source, {"threshold": 0.0})
+    adapter.forward_and_adapt(image_batch(16))
+    for layer in adapter.student_layers + adapter.teacher_layers:
+        high, low = layer.scale_high, layer.scale_low
+        assert isinstance(high, torch.Tensor) and high.shape == (16,)
+        assert isinstance(low, torch.Tensor) and torch.allclose(high + low, torch.full((16,), 2.0))
+        assert bool((high > 1).any())  # uncertainty above Theta = 0 moves the high-rank scale off 1
+    assert adapter.diagnostics()["high_rank_share"] == 1.0
+
+
+def test_vida_augmentation_uncertainty_is_one_scalar(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("vida", tiny_source, {"uncertainty": "augmentation", "n_passes": 3})
+    adapter.forward_and_adapt(image_batch(16))
+    assert isinstance(adapter.student_layers[0].scale_low, torch.Tensor)
+    assert adapter.student_layers[0].scale_low.dim() == 0
+
+
+def test_vida_trains_adapters_only_by_default(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("vida", tiny_source)
+    adapter.forward_and_adapt(image_batch(16))
+    roles = {k.split(".")[0] for k in adapter.state_dict()["tensors"]}
+    assert roles == {"student", "teacher", "optim"}
+    everything = create_adapter("vida", tiny_source, {"train": "all"})
+    everything.forward_and_adapt(image_batch(16))
+    assert {"student_backbone", "teacher_backbone"} <= {k.split(".")[0] for k in everything.state_dict()["tensors"]}
+
+
+def test_vida_custom_layers_need_an_explicit_cold_start(tiny_source: SourceModel) -> None:
+    layers = ["net.stages.1.blocks.1.conv"]
+    with pytest.raises(AdapterError, match="warmup=false"):
+        create_adapter("vida", tiny_source, {"layers": layers})
+    assert create_adapter("vida", tiny_source, {"layers": layers, "warmup": False}).forward_and_adapt(
+        image_batch(16)
+    ).shape == (16, 10)
+
+
+@pytest.mark.parametrize("name", ["ecotta", "vida"])
+def test_bundled_per_stream_state_is_under_ten_percent_of_the_model(bundled_source: SourceModel, name: str) -> None:
+    adapter = create_adapter(name, bundled_source)
+    adapter.forward_and_adapt(image_batch(16))  # optimizer moments exist after a step
+    model_bytes = sum(t.numel() * t.element_size() for t in bundled_source.module.state_dict().values())
+    assert adapter.state_bytes() <= 0.10 * model_bytes
+
+
+def test_ecotta_keeps_no_activations_of_the_frozen_path(tiny_source: SourceModel) -> None:
+    """Measured, not read off the code: the profiler's memory timeline of one step."""
+    from benchmarks.adapter_speed import step_memory
+
+    x = image_batch(64)
+    peaks = {}
+    for label, name, config in (
+        ("ecotta", "ecotta", {}),
+        ("ecotta through frozen", "ecotta", {"backprop_frozen": True}),
+    ):
+        adapter = create_adapter(name, tiny_source, config)
+        adapter.forward_and_adapt(x)  # optimizer state exists before measuring
+        peaks[label] = step_memory(adapter, x)["step_peak_bytes"]
+    # (on this tiny net the whitening stem's output, which the first meta conv needs, dominates;
+    # the bundled model's figures are in benchmarks/results/adapter_speed.md)
+    assert peaks["ecotta"] < peaks["ecotta through frozen"]
