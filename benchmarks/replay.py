@@ -192,6 +192,14 @@ def replay(
     return result
 
 
+def run_label(result: dict[str, Any]) -> str:
+    """The adapter's name, with its non-default settings when the run overrode any."""
+    config = result["config"]
+    overrides = config.get("adapter_config") or {}
+    name: str = config["adapter"]
+    return name + (f" {json.dumps(overrides, separators=(',', ':'))}" if overrides else "")
+
+
 def error_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown: adapters (rows) by domain (columns), error in %, the mean, speed and peak memory."""
     domains = list(results[0]["per_domain_error"])
@@ -200,7 +208,7 @@ def error_table(results: Sequence[dict[str, Any]]) -> str:
     for result in results:
         cells = [f"{100 * result['per_domain_error'][d]:.1f}" for d in domains]
         lines.append(
-            f"| {result['config']['adapter']} | "
+            f"| {run_label(result)} | "
             + " | ".join(cells)
             + f" | **{100 * result['mean_error']:.1f}** | {result['images_per_s']:.0f} | {_memory(result)} |"
         )

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.replay import run_label
+
 
 def _pyplot() -> Any:
     try:
@@ -30,7 +32,7 @@ def plot_domain_errors(results: Sequence[dict[str, Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(domains) * max(1, len(results) / 2)), 4.5))
     for i, result in enumerate(results):
         errors = [100 * result["per_domain_error"][d] for d in domains]
-        label = f"{result['config']['adapter']} ({100 * result['mean_error']:.1f} %)"
+        label = f"{run_label(result)} ({100 * result['mean_error']:.1f} %)"
         ax.bar(x + (i - (len(results) - 1) / 2) * width, errors, width, label=label)
     ax.set_xticks(x, domains, rotation=45, ha="right")
     ax.set_ylabel("online error (%)")
@@ -49,7 +51,7 @@ def plot_cumulative_error(results: Sequence[dict[str, Any]], path: Path) -> Path
     for result in results:
         images = np.cumsum([b["images"] for b in result["batches"]])
         errors = np.cumsum([b["errors"] for b in result["batches"]])
-        ax.plot(images, 100 * errors / images, label=result["config"]["adapter"])
+        ax.plot(images, 100 * errors / images, label=run_label(result))
     first = results[0]["batches"]
     seen = np.cumsum([b["images"] for b in first])
     for index in range(1, len(first)):
