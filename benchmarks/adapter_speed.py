@@ -106,7 +106,8 @@ def run_adapter_speed(
         "interleaved steps (synthetic uniform images: CoTTA's and PETAL's gate fires on them, their slow path). "
         "Memory: peak tensor bytes allocated during one step (torch profiler memory timeline), the same with the "
         f"tensors the step read (weights, state, input), and the exact per-stream state; the model is "
-        f"{source_bytes / 2**20:.1f} MiB.",
+        f"{source_bytes / 2**20:.1f} MiB. ONNX Runtime allocates outside torch, so its row shows only the "
+        "torch-side tensors.",
         ["adapter", "s / batch", "images/s", "full CIFAR-10-C (150k)", "step peak", "with inputs", "stream state"],
         [
             [
