@@ -1,14 +1,16 @@
 """Replaying a stream through a running tta-server (``tta-bench replay --server URL``).
 
-Each batch goes to ``POST /v1/predict`` as lossless PNG files on one stream id per run, so the
-server sees exactly the pixels the in-process replay feeds its adapter; a reset starts a new
-stream id (a fresh adapter on the server). Request latencies are recorded per batch.
+Each run creates its stream with the replay's adapter and config (``POST /v1/streams``), then
+sends every batch to ``POST /v1/predict`` as lossless PNG files, so the server sees exactly the
+pixels the in-process replay feeds its adapter; a reset creates a new stream, and the streams are
+deleted at the end. Request latencies are recorded per batch.
 """
 
 from __future__ import annotations
 
 import io
 import uuid
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -19,23 +21,32 @@ class ServerError(RuntimeError):
 
 
 class RemoteStream:
-    def __init__(self, url: str, adapter: str, timeout_s: float = 600.0) -> None:
+    def __init__(self, url: str, adapter: str, config: dict[str, Any] | None = None, timeout_s: float = 600.0) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.adapter = adapter
+        self.config = config or {}
         self.client = httpx.Client(timeout=timeout_s)
         self.latencies_s: list[float] = []
         self.run_id = uuid.uuid4().hex[:8]
         self.resets = 0
-        self.stream_id = self._new_stream_id()
+        self.created: list[str] = []
+        self.stream_id = self._new_stream()
 
-    def _new_stream_id(self) -> str:
-        return f"replay-{self.adapter}-{self.run_id}-{self.resets}"
+    def _new_stream(self) -> str:
+        stream_id = f"replay-{self.adapter}-{self.run_id}-{self.resets}"
+        body = {"stream_id": stream_id, "adapter": self.adapter, "config": self.config}
+        response = self.client.post(f"{self.url}/v1/streams", json=body)
+        if response.status_code == 201:
+            self.created.append(stream_id)
+        elif response.status_code != 404:  # 404: a server without the streams API uses its default adapter
+            raise ServerError(f"creating stream {stream_id} answered {response.status_code}: {response.text[:300]}")
+        return stream_id
 
     def reset(self) -> None:
         self.resets += 1
-        self.stream_id = self._new_stream_id()
+        self.stream_id = self._new_stream()
 
     def predict_and_adapt(self, images: np.ndarray) -> np.ndarray:
         """Class indices for a uint8 (N, H, W, 3) batch, predicted and adapted on by the server."""
@@ -67,4 +78,6 @@ class RemoteStream:
         }
 
     def close(self) -> None:
+        for stream_id in self.created:
+            self.client.delete(f"{self.url}/v1/streams/{stream_id}")
         self.client.close()

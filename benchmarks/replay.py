@@ -133,7 +133,7 @@ def replay(
     else:
         from benchmarks.remote import RemoteStream
 
-        remote = RemoteStream(server, config.adapter)
+        remote = RemoteStream(server, config.adapter, {"seed": config.seed, **config.adapter_config})
     batches: list[dict[str, Any]] = []
     wrong: dict[str, int] = {}
     seen: dict[str, int] = {}

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from adapters import create_source_model
 from tta_server.errors import install_error_handlers
 from tta_server.routes import health, predict
+from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import StreamManager
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.default_adapter_config,
             settings.workers,
             min_adapt_batch=settings.min_adapt_batch,
+            max_streams=settings.max_streams,
         )
         app.state.source = source
         app.state.streams = streams
@@ -45,4 +47,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predict.router)
+    app.include_router(streams_routes.router)
     return app

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     default_adapter: str = "tent"
     default_adapter_config: dict[str, Any] = Field(default_factory=dict)
     default_stream: str = "default"
+    max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
     max_images_per_request: int = Field(256, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")

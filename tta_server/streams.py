@@ -22,6 +22,14 @@ class StreamLimitError(RuntimeError):
     """No room for another stream."""
 
 
+class StreamExistsError(RuntimeError):
+    """A stream with that id exists already."""
+
+
+class UnknownStreamError(KeyError):
+    """No stream with that id."""
+
+
 @dataclass
 class Stream:
     stream_id: str
@@ -85,11 +93,38 @@ class StreamManager:
     def get_or_create(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
         if stream is None:
-            if len(self.streams) >= self.max_streams:
-                raise StreamLimitError(f"max_streams={self.max_streams} reached")
-            adapter = create_adapter(self.default_adapter, self.source, self.default_config)
-            stream = self.streams[stream_id] = Stream(stream_id, adapter)
+            stream = self.create(stream_id, self.default_adapter, self.default_config)
         return stream
+
+    def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
+        """A new stream with its own adapter; the adapter and config are validated here."""
+        if stream_id in self.streams:
+            raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
+        if len(self.streams) >= self.max_streams:
+            raise StreamLimitError(f"max_streams={self.max_streams} reached")
+        stream = self.streams[stream_id] = Stream(stream_id, create_adapter(adapter, self.source, config))
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            raise UnknownStreamError(stream_id)
+        return stream
+
+    async def reset(self, stream_id: str) -> Stream:
+        """Back to the source, after the stream's in-flight requests (same FIFO lock)."""
+
+        def work(stream: Stream) -> Stream:
+            stream.adapter.reset()
+            stream.recent, stream.pending = None, []
+            return stream
+
+        return await self.run(self.get(stream_id), work)
+
+    async def delete(self, stream_id: str) -> None:
+        stream = self.get(stream_id)
+        async with stream.lock:  # let in-flight requests of the stream finish first
+            self.streams.pop(stream_id, None)
 
     async def run(self, stream: Stream, fn: Callable[[Stream], T]) -> T:
         async with stream.lock:
