@@ -220,7 +220,8 @@ def build_prototypes(source: SourceModel, data: SourceData) -> dict[str, Tensor]
     sums: Tensor | None = None
     counts = torch.zeros(classes)
     seen = 0
-    for images, labels in data.batches():
+    batches = tqdm(data.batches(), desc="RMT prototypes", unit="batch", total=-(-data.labels.shape[0] // 500))
+    for images, labels in batches:
         if seen >= 100_000:
             break
         features = module.features(images.to(device)).float().cpu()
