@@ -193,7 +193,9 @@ def replay(
 
 
 def run_label(result: dict[str, Any]) -> str:
-    """The adapter's name, with its non-default settings when the run overrode any."""
+    """The run's ``label`` if it has one, else the adapter's name with its non-default settings."""
+    if result.get("label"):
+        return str(result["label"])
     config = result["config"]
     overrides = config.get("adapter_config") or {}
     name: str = config["adapter"]

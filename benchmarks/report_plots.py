@@ -29,7 +29,7 @@ def plot_domain_errors(results: Sequence[dict[str, Any]], path: Path) -> Path:
     domains = list(results[0]["per_domain_error"])
     width = 0.8 / len(results)
     x = np.arange(len(domains))
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.6 * len(domains) * max(1, len(results) / 2)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(18.0, max(8.0, 0.25 * len(domains) * (len(results) + 1))), 4.5))
     for i, result in enumerate(results):
         errors = [100 * result["per_domain_error"][d] for d in domains]
         label = f"{run_label(result)} ({100 * result['mean_error']:.1f} %)"
