@@ -9,6 +9,7 @@ import torch
 from fastapi import FastAPI
 
 from adapters import create_source_model
+from tta_server.auth import install_auth
 from tta_server.errors import install_error_handlers
 from tta_server.routes import health, predict
 from tta_server.routes import streams as streams_routes
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     install_error_handlers(app)
+    install_auth(app, settings)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(streams_routes.router)

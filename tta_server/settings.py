@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     default_adapter_config: dict[str, Any] = Field(default_factory=dict)
     default_stream: str = "default"
     max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
+    api_tokens: list[str] = Field(
+        default_factory=list, description="bearer tokens for every route but health (none: open)"
+    )
+    admin_tokens: list[str] = Field(
+        default_factory=list, description="bearer tokens for creating, resetting and deleting streams"
+    )
     max_images_per_request: int = Field(256, ge=1)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")
