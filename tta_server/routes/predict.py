@@ -19,6 +19,7 @@ from tta_server.errors import ApiError
 from tta_server.images import ImageDecodeError, decode_image
 from tta_server.settings import Settings
 from tta_server.streams import StreamLimitError
+from tta_server.tensors import TensorError, decode_tensor
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -44,6 +45,21 @@ class Base64Images(BaseModel):
 
 def _decode_batch(payloads: list[tuple[str, bytes]], preprocessing: Preprocessing, max_pixels: int) -> torch.Tensor:
     return torch.stack([decode_image(data, label, preprocessing, max_pixels) for label, data in payloads])
+
+
+async def _read_tensor(request: Request, settings: Settings, size: tuple[int, int]) -> torch.Tensor:
+    body = await request.body()
+    if len(body) > settings.max_request_bytes:
+        raise ApiError(413, "request_too_large", f"body exceeds max_request_bytes={settings.max_request_bytes}")
+    try:
+        batch = decode_tensor(body, request.headers.get("x-tensor-shape"), request.headers.get("x-tensor-dtype"), size)
+    except TensorError as exc:
+        raise ApiError(422, "invalid_tensor", str(exc)) from exc
+    if batch.shape[0] > settings.max_images_per_request:
+        raise ApiError(
+            413, "too_many_images", f"{batch.shape[0]} images; max_images_per_request={settings.max_images_per_request}"
+        )
+    return batch
 
 
 async def _read_payloads(request: Request, settings: Settings) -> list[tuple[str, bytes]]:
@@ -77,7 +93,8 @@ async def _read_payloads(request: Request, settings: Settings) -> list[tuple[str
         raise ApiError(
             415,
             "unsupported_media_type",
-            f'content-type {content_type or "missing"}; send multipart/form-data files or JSON {{"images": [base64]}}',
+            f'content-type {content_type or "missing"}; send multipart/form-data files, JSON {{"images": [base64]}} '
+            "or application/octet-stream with X-Tensor-Shape and X-Tensor-Dtype",
         )
     if not payloads:
         raise ApiError(422, "no_images", "the request holds no images")
@@ -111,12 +128,15 @@ async def predict(
     """Predict every image (before the update, as the adapter's paper does), then adapt the stream."""
     settings: Settings = request.app.state.settings
     source = request.app.state.source
-    payloads = await _read_payloads(request, settings)
-    try:
-        # Decoding is CPU work: keep it off the event loop.
-        batch = await asyncio.to_thread(_decode_batch, payloads, source.preprocessing, settings.max_image_pixels)
-    except ImageDecodeError as exc:
-        raise ApiError(422, "invalid_image", str(exc)) from exc
+    if request.headers.get("content-type", "").startswith("application/octet-stream"):
+        batch = await _read_tensor(request, settings, source.preprocessing.input_size)
+    else:
+        payloads = await _read_payloads(request, settings)
+        try:
+            # Decoding is CPU work: keep it off the event loop.
+            batch = await asyncio.to_thread(_decode_batch, payloads, source.preprocessing, settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise ApiError(422, "invalid_image", str(exc)) from exc
     stream_id = x_stream_id or settings.default_stream
     try:
         logits, step, adapter_name = await request.app.state.streams.step(stream_id, batch)
