@@ -35,12 +35,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.source = source
         app.state.streams = streams
+        if settings.snapshot_dir is not None:
+            app.state.restore_failures = streams.restore_all(settings.snapshot_dir)
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
             streams.close()
+            if settings.snapshot_dir is not None:
+                streams.snapshot_all(settings.snapshot_dir)
 
     app = FastAPI(title="tta-server", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     default_adapter_config: dict[str, Any] = Field(default_factory=dict)
     default_stream: str = "default"
     max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
+    snapshot_dir: Path | None = Field(
+        None, description="stream snapshots: written on request and at shutdown, restored at start (none: off)"
+    )
     api_tokens: list[str] = Field(
         default_factory=list, description="bearer tokens for every route but health (none: open)"
     )

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from adapters import Adapter, SourceModel, create_adapter, get_frozen_forward
+from adapters import Adapter, AdapterError, SourceModel, create_adapter, get_frozen_forward
 from adapters.frozen import FrozenForward
+from tta_server.snapshots import SnapshotError, read_snapshot, restore_into, snapshot_path, write_snapshot
 
 T = TypeVar("T")
 
@@ -120,6 +123,45 @@ class StreamManager:
             return stream
 
         return await self.run(self.get(stream_id), work)
+
+    async def snapshot(self, stream_id: str, directory: Path) -> Path:
+        """Write the stream's state to ``directory`` after its in-flight requests."""
+        return await self.run(self.get(stream_id), lambda stream: write_snapshot(directory, stream_id, stream.adapter))
+
+    async def restore(self, stream_id: str, directory: Path) -> Stream:
+        """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
+        path = snapshot_path(directory, stream_id)
+        if not path.is_file():
+            raise SnapshotError(f"no snapshot of stream {stream_id!r} in {directory}")
+        metadata, tensors = read_snapshot(path)
+        stream = self.streams.get(stream_id) or self.create(
+            stream_id, metadata["adapter"], json.loads(metadata["config"])
+        )
+
+        def work(stream: Stream) -> Stream:
+            restore_into(stream.adapter, metadata, tensors)
+            stream.recent, stream.pending = None, []
+            return stream
+
+        return await self.run(stream, work)
+
+    def restore_all(self, directory: Path) -> dict[str, str]:
+        """At start-up: every snapshot in ``directory`` becomes a stream; returns the failures."""
+        failures: dict[str, str] = {}
+        for path in sorted(directory.glob("*.safetensors")) if directory.is_dir() else []:
+            stream_id = path.name[: -len(".safetensors")]
+            try:
+                metadata, tensors = read_snapshot(path)
+                stream = self.create(stream_id, metadata["adapter"], json.loads(metadata["config"]))
+                restore_into(stream.adapter, metadata, tensors)
+            except (SnapshotError, AdapterError, StreamLimitError, StreamExistsError, KeyError) as exc:
+                self.streams.pop(stream_id, None)
+                failures[stream_id] = str(exc)
+        return failures
+
+    def snapshot_all(self, directory: Path) -> None:
+        for stream_id, stream in list(self.streams.items()):
+            write_snapshot(directory, stream_id, stream.adapter)
 
     async def delete(self, stream_id: str) -> None:
         stream = self.get(stream_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
 from tta_server.errors import ApiError
+from tta_server.snapshots import SnapshotError
 from tta_server.streams import Stream, StreamExistsError, StreamLimitError, StreamManager, UnknownStreamError
 
 router = APIRouter(prefix="/v1", tags=["streams"])
@@ -114,3 +116,30 @@ async def reset_stream(request: Request, stream_id: str) -> StreamInfo:
 async def delete_stream(request: Request, stream_id: str) -> None:
     _known(request, stream_id)
     await _streams(request).delete(stream_id)
+
+
+def _snapshot_dir(request: Request) -> Path:
+    directory: Path | None = request.app.state.settings.snapshot_dir
+    if directory is None:
+        raise ApiError(409, "snapshots_disabled", "set snapshot_dir (TTA_SNAPSHOT_DIR) to snapshot streams")
+    return directory
+
+
+@router.post("/streams/{stream_id}/snapshot")
+async def snapshot_stream(request: Request, stream_id: str) -> dict[str, Any]:
+    """Write the stream's state atomically to ``<snapshot_dir>/<stream id>.safetensors``."""
+    directory = _snapshot_dir(request)
+    stream = _known(request, stream_id)
+    path = await _streams(request).snapshot(stream_id, directory)
+    return {"stream_id": stream_id, "path": str(path), "steps": stream.adapter.steps}
+
+
+@router.post("/streams/{stream_id}/restore")
+async def restore_stream(request: Request, stream_id: str) -> StreamInfo:
+    """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
+    directory = _snapshot_dir(request)
+    try:
+        stream = await _streams(request).restore(stream_id, directory)
+    except SnapshotError as exc:
+        raise ApiError(404 if "no snapshot" in str(exc) else 409, "snapshot_error", str(exc)) from exc
+    return _info(stream)

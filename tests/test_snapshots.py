@@ -1,0 +1,64 @@
+"""Stream snapshots: atomic files, restore on request, on shutdown and at start, on the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.server_harness import running_server
+from tests.test_server import png
+from tta_server import Settings
+
+
+def predict(client: httpx.Client, stream: str, seed: int) -> list[dict[str, float]]:
+    files = [("files", (f"{i}.png", png(seed * 10 + i), "image/png")) for i in range(4)]
+    response = client.post("/v1/predict", files=files, headers={"X-Stream-Id": stream})
+    assert response.status_code == 200, response.text
+    return [p["top_k"] for p in response.json()["predictions"]]
+
+
+def settings(directory: Path) -> Settings:
+    return Settings(default_adapter="norm", min_adapt_batch=4, snapshot_dir=directory)
+
+
+def test_restore_rewinds_a_stream_exactly(tmp_path: Path) -> None:
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/v1/streams", json={"stream_id": "cam", "adapter": "tent"}).status_code == 201
+        predict(client, "cam", 1)
+        saved = client.post("/v1/streams/cam/snapshot").json()
+        assert saved["steps"] == 1 and Path(saved["path"]).is_file()
+        after_snapshot = predict(client, "cam", 2)
+        predict(client, "cam", 3)
+        restored = client.post("/v1/streams/cam/restore").json()
+        assert restored["steps"] == 1 and restored["adapter"] == "tent"
+        assert predict(client, "cam", 2) == after_snapshot
+        assert client.post("/v1/streams/nope/restore").json()["error"]["code"] == "snapshot_error"
+
+
+def test_streams_survive_a_restart(tmp_path: Path) -> None:
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/streams", json={"stream_id": "site-a", "adapter": "tent", "config": {"seed": 5}})
+        predict(client, "site-a", 1)
+        predict(client, "site-a", 2)
+        next_answer = predict(client, "site-a", 3)
+    # the shutdown wrote a snapshot after the third step; a new server restores it at start
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        info = client.get("/v1/streams/site-a").json()
+        assert info["steps"] == 3 and info["adapter"] == "tent" and info["config"]["seed"] == 5
+        assert predict(client, "site-a", 4) != next_answer  # alive and adapting
+
+
+def test_a_broken_snapshot_is_skipped_at_start_and_refused_on_restore(tmp_path: Path) -> None:
+    (tmp_path / "broken.safetensors").write_bytes(b"not a snapshot")
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/health/ready").status_code == 200
+        assert client.get("/v1/streams/broken").status_code == 404
+        refused = client.post("/v1/streams/broken/restore")
+        assert refused.status_code == 409 and "unreadable" in refused.json()["error"]["message"]
+
+
+def test_snapshots_need_a_directory() -> None:
+    with running_server(Settings(default_adapter="norm")) as url, httpx.Client(base_url=url, timeout=60) as client:
+        predict(client, "x", 1)
+        assert client.post("/v1/streams/x/snapshot").json()["error"]["code"] == "snapshots_disabled"
