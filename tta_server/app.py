@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from adapters import create_source_model
 from tta_server.auth import install_auth
 from tta_server.errors import install_error_handlers
-from tta_server.routes import health, predict
+from tta_server.routes import health, oip, predict
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import StreamManager
@@ -54,4 +54,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(streams_routes.router)
+    app.include_router(oip.router)
     return app

@@ -1,0 +1,89 @@
+"""Open Inference Protocol v2 with an unmodified tritonclient, on the real server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from adapters import create_adapter, create_source_model
+from tests.server_harness import running_server
+from tta_server import Settings
+
+tritonclient_http = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
+MODEL = "cifar10-airbench"
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with running_server(Settings(default_adapter="tent", min_adapt_batch=4)) as url:
+        yield url
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[object]:
+    client = tritonclient_http.InferenceServerClient(url=url.removeprefix("http://"))
+    yield client
+    client.close()
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    coarse = np.random.default_rng(seed).random((n, 3, 4, 4), dtype=np.float32)
+    return coarse.repeat(8, axis=2).repeat(8, axis=3)
+
+
+def infer(client, batch: np.ndarray, binary: bool = True, **sequence: object) -> np.ndarray:  # type: ignore[no-untyped-def]
+    tensor = tritonclient_http.InferInput("INPUT", list(batch.shape), "FP32")
+    tensor.set_data_from_numpy(batch, binary_data=binary)
+    outputs = [tritonclient_http.InferRequestedOutput("PROBABILITIES", binary_data=binary)]
+    result = client.infer(MODEL, [tensor], outputs=outputs, **sequence)
+    return result.as_numpy("PROBABILITIES")  # type: ignore[no-any-return]
+
+
+def test_health_and_metadata(client) -> None:  # type: ignore[no-untyped-def]
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    metadata = client.get_model_metadata(MODEL)
+    assert metadata["inputs"][0]["shape"] == [-1, 3, 32, 32] and metadata["outputs"][0]["name"] == "PROBABILITIES"
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_a_sequence_adapts_like_an_in_process_stream(client, binary: bool) -> None:  # type: ignore[no-untyped-def]
+    reference = create_adapter("tent", create_source_model())
+    sequence_id = 7 if binary else 8
+    for step in range(3):
+        batch = images(8, step)
+        got = infer(client, batch, binary, sequence_id=sequence_id, sequence_start=step == 0, sequence_end=step == 2)
+        want = reference.forward_and_adapt(torch.from_numpy(batch)).softmax(1).numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_sequence_end_releases_the_stream_and_start_resets_it(client, url: str) -> None:  # type: ignore[no-untyped-def]
+    first = infer(client, images(8, 0), sequence_id=21, sequence_start=True)
+    infer(client, images(8, 1), sequence_id=21)
+    assert httpx.get(f"{url}/v1/streams/seq-21").json()["steps"] == 2
+    again = infer(client, images(8, 0), sequence_id=21, sequence_start=True)
+    np.testing.assert_allclose(first, again, atol=1e-6)
+    infer(client, images(8, 1), sequence_id=21, sequence_end=True)
+    assert httpx.get(f"{url}/v1/streams/seq-21").status_code == 404
+
+
+def tensor_body(datatype: str, shape: list[int], data: list[object]) -> dict[str, object]:
+    return {"inputs": [{"name": "INPUT", "datatype": datatype, "shape": shape, "data": data}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"inputs": []}, 400, "invalid_request"),
+        (tensor_body("FP32", [1, 3, 8, 8], [0.0] * 192), 400, "invalid_input"),
+        (tensor_body("FP32", [1, 3, 32, 32], [0.0] * 5), 400, "invalid_input"),
+        (tensor_body("BYTES", [1], ["x"]), 400, "invalid_input"),
+    ],
+)
+def test_bad_infer_requests_get_a_json_4xx(url: str, body: dict, status: int, code: str) -> None:  # type: ignore[type-arg]
+    response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+    assert httpx.get(f"{url}/v2/models/other/ready").status_code == 404
