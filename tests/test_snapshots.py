@@ -62,3 +62,58 @@ def test_snapshots_need_a_directory() -> None:
     with running_server(Settings(default_adapter="norm")) as url, httpx.Client(base_url=url, timeout=60) as client:
         predict(client, "x", 1)
         assert client.post("/v1/streams/x/snapshot").json()["error"]["code"] == "snapshots_disabled"
+
+
+def test_a_sigkilled_server_restarts_with_its_periodic_snapshots(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.server_harness import free_port
+    from tta_server.snapshots import read_snapshot
+
+    def start() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        env = {
+            **os.environ,
+            "TTA_SNAPSHOT_DIR": str(tmp_path),
+            "TTA_SNAPSHOT_INTERVAL_S": "0.2",
+            "TTA_MIN_ADAPT_BATCH": "4",
+        }
+        command = [sys.executable, "-m", "tta_server.cli", "serve", "--port", str(port), "--adapter", "norm"]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        process.kill()
+        raise TimeoutError("server did not start")
+
+    process, url = start()
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            client.post("/v1/streams", json={"stream_id": "kept", "adapter": "tent"})
+            for seed in range(3):
+                predict(client, "kept", seed)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until a periodic snapshot holds all three steps
+                path = tmp_path / "kept.safetensors"
+                if path.is_file() and read_snapshot(path)[0].get("steps") == "3":
+                    break
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)  # no shutdown hook runs
+        process.wait()
+    process, url = start()
+    try:
+        info = httpx.get(f"{url}/v1/streams/kept", timeout=60).json()
+        assert info["adapter"] == "tent" and info["steps"] == 3
+    finally:
+        process.terminate()
+        process.wait()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -15,6 +19,18 @@ from tta_server.routes import health, oip, predict
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import StreamManager
+
+logger = logging.getLogger("tta_server")
+
+
+async def _snapshot_every(streams: StreamManager, directory: Path, interval_s: float) -> None:
+    """Bound what a crash (even SIGKILL) loses to ``interval_s`` of adaptation."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await streams.snapshot_changed(directory)
+        except (OSError, RuntimeError) as exc:  # a full disk must not stop serving
+            logger.error("periodic snapshot failed: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,13 +51,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.source = source
         app.state.streams = streams
+        periodic = None
         if settings.snapshot_dir is not None:
             app.state.restore_failures = streams.restore_all(settings.snapshot_dir)
+            if settings.snapshot_interval_s > 0:
+                periodic = asyncio.create_task(
+                    _snapshot_every(streams, settings.snapshot_dir, settings.snapshot_interval_s)
+                )
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
+            if periodic is not None:
+                periodic.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await periodic
             streams.close()
             if settings.snapshot_dir is not None:
                 streams.snapshot_all(settings.snapshot_dir)

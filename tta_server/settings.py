@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     snapshot_dir: Path | None = Field(
         None, description="stream snapshots: written on request and at shutdown, restored at start (none: off)"
     )
+    snapshot_interval_s: float = Field(
+        60.0, ge=0, description="with snapshot_dir: snapshot streams that changed every this many seconds (0: off)"
+    )
     api_tokens: list[str] = Field(
         default_factory=list, description="bearer tokens for every route but health (none: open)"
     )

@@ -43,6 +43,7 @@ class Stream:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     recent: Tensor | None = None  # the last min_adapt_batch images: batch-statistics context
     pending: list[Tensor] = field(default_factory=list)  # small-request images not yet adapted on
+    snapshot_steps: int = -1  # the step count at the last periodic snapshot
 
 
 def step_small_batches(stream: Stream, batch: Tensor, min_adapt_batch: int, frozen: FrozenForward) -> Tensor:
@@ -154,6 +155,7 @@ class StreamManager:
                 metadata, tensors = read_snapshot(path)
                 stream = self.create(stream_id, metadata["adapter"], json.loads(metadata["config"]))
                 restore_into(stream.adapter, metadata, tensors)
+                stream.snapshot_steps = stream.adapter.steps
             except (SnapshotError, AdapterError, StreamLimitError, StreamExistsError, KeyError) as exc:
                 self.streams.pop(stream_id, None)
                 failures[stream_id] = str(exc)
@@ -162,6 +164,17 @@ class StreamManager:
     def snapshot_all(self, directory: Path) -> None:
         for stream_id, stream in list(self.streams.items()):
             write_snapshot(directory, stream_id, stream.adapter)
+
+    async def snapshot_changed(self, directory: Path) -> int:
+        """Snapshot the streams whose step count moved since their last snapshot; returns how many."""
+        written = 0
+        for stream_id, stream in list(self.streams.items()):
+            if stream.adapter.steps != stream.snapshot_steps:
+                steps = stream.adapter.steps
+                await self.snapshot(stream_id, directory)
+                stream.snapshot_steps = steps
+                written += 1
+        return written
 
     async def delete(self, stream_id: str) -> None:
         stream = self.get(stream_id)
