@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.workers,
             min_adapt_batch=settings.min_adapt_batch,
             max_streams=settings.max_streams,
+            max_batch_size=settings.max_batch_size,
+            max_delay_ms=settings.max_delay_ms,
         )
         app.state.source = source
         app.state.streams = streams

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,6 +46,11 @@ class Stream:
     recent: Tensor | None = None  # the last min_adapt_batch images: batch-statistics context
     pending: list[Tensor] = field(default_factory=list)  # small-request images not yet adapted on
     snapshot_steps: int = -1  # the step count at the last periodic snapshot
+    # dynamic batching: requests waiting to be grouped into one step, and whether a drain runs
+    queue: list[tuple[Tensor, asyncio.Future[tuple[Tensor, int, str]]]] = field(default_factory=list)
+    draining: bool = False
+    drain_task: asyncio.Task[None] | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def step_small_batches(stream: Stream, batch: Tensor, min_adapt_batch: int, frozen: FrozenForward) -> Tensor:
@@ -82,7 +89,11 @@ class StreamManager:
         workers: int,
         min_adapt_batch: int = 1,
         max_streams: int = 1024,
+        max_batch_size: int = 256,
+        max_delay_ms: float = 0.0,
     ) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000
         self.source = source
         self.default_adapter = default_adapter
         self.default_config = default_config
@@ -188,14 +199,58 @@ class StreamManager:
             return await loop.run_in_executor(self.executor, fn, stream)
 
     async def step(self, stream_id: str, batch: Tensor) -> tuple[Tensor, int, str]:
-        """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name)."""
+        """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
+
+        With ``max_delay_ms`` > 0, requests of one stream arriving within that window are grouped
+        (up to ``max_batch_size`` images, in arrival order) into one step and split back; a stream
+        never shares a step with another stream.
+        """
         stream = self.get_or_create(stream_id)
+        if self.max_delay_s <= 0:
+            return await self.run(stream, lambda s: self._work(s, batch))
+        stream.adapter.validate(batch)  # a bad request fails alone, not the group it would join
+        future: asyncio.Future[tuple[Tensor, int, str]] = asyncio.get_running_loop().create_future()
+        stream.queue.append((batch, future))
+        stream.arrived.set()
+        if not stream.draining:
+            stream.draining = True
+            stream.drain_task = asyncio.create_task(self._drain(stream))
+        return await future
 
-        def work(stream: Stream) -> tuple[Tensor, int, str]:
-            logits = step_small_batches(stream, batch, self.min_adapt_batch, self.frozen)
-            return logits, stream.adapter.steps, stream.adapter.name
+    def _work(self, stream: Stream, batch: Tensor) -> tuple[Tensor, int, str]:
+        logits = step_small_batches(stream, batch, self.min_adapt_batch, self.frozen)
+        return logits, stream.adapter.steps, stream.adapter.name
 
-        return await self.run(stream, work)
+    async def _drain(self, stream: Stream) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while stream.queue:
+                deadline = loop.time() + self.max_delay_s
+                while sum(b.shape[0] for b, _ in stream.queue) < self.max_batch_size:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    stream.arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stream.arrived.wait(), remaining)
+                group = [stream.queue.pop(0)]
+                while stream.queue and sum(b.shape[0] for b, _ in group) + stream.queue[0][0].shape[0] <= (
+                    self.max_batch_size
+                ):
+                    group.append(stream.queue.pop(0))
+                batches = [b for b, _ in group]
+                try:
+                    logits, steps, name = await self.run(stream, partial(self._work, batch=torch.cat(batches)))
+                except Exception as exc:  # every request of the group gets the error
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for part, (_, future) in zip(logits.split([b.shape[0] for b in batches]), group, strict=True):
+                    if not future.done():
+                        future.set_result((part, steps, name))
+        finally:
+            stream.draining = False
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
