@@ -50,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_streams=settings.max_streams,
             max_batch_size=settings.max_batch_size,
             max_delay_ms=settings.max_delay_ms,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            spill_dir=settings.snapshot_dir,
         )
         app.state.source = source
         app.state.streams = streams

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     default_adapter_config: dict[str, Any] = Field(default_factory=dict)
     default_stream: str = "default"
     max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
+    memory_budget_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="per-stream states in memory; idle streams beyond it go to snapshot_dir (none: no limit)",
+    )
     max_batch_size: int = Field(256, ge=1, description="dynamic batching: most images grouped into one step")
     max_delay_ms: float = Field(
         0.0, ge=0, description="dynamic batching: how long a stream's first request waits for more (0: off)"

@@ -91,7 +91,14 @@ class StreamManager:
         max_streams: int = 1024,
         max_batch_size: int = 256,
         max_delay_ms: float = 0.0,
+        memory_budget_bytes: int | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
+        if memory_budget_bytes is not None and spill_dir is None:
+            raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
+        self.memory_budget_bytes = memory_budget_bytes
+        self.spill_dir = spill_dir
+        self.spilled: set[str] = set()
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.source = source
@@ -107,9 +114,42 @@ class StreamManager:
 
     def get_or_create(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
+        if stream is None and stream_id in self.spilled:
+            stream = self._wake(stream_id)
         if stream is None:
             stream = self.create(stream_id, self.default_adapter, self.default_config)
         return stream
+
+    def _wake(self, stream_id: str) -> Stream:
+        """Bring a spilled stream back from its snapshot, exactly as it was."""
+        assert self.spill_dir is not None
+        metadata, tensors = read_snapshot(snapshot_path(self.spill_dir, stream_id))
+        self.spilled.discard(stream_id)
+        stream = self.create(stream_id, metadata["adapter"], json.loads(metadata["config"]))
+        restore_into(stream.adapter, metadata, tensors)
+        return stream
+
+    def state_total(self) -> int:
+        return sum(stream.adapter.state_bytes() for stream in self.streams.values())
+
+    def enforce_budget(self, keep: str) -> None:
+        """Spill the least recently used idle streams to disk until the states fit the budget."""
+        if self.memory_budget_bytes is None or self.spill_dir is None:
+            return
+        total = self.state_total()
+        idle = sorted(
+            (s for s in self.streams.values() if s.stream_id != keep and not s.lock.locked() and not s.queue),
+            key=lambda s: s.last_used_at,
+        )
+        for stream in idle:
+            if total <= self.memory_budget_bytes:
+                break
+            total -= stream.adapter.state_bytes()
+            write_snapshot(self.spill_dir, stream.stream_id, stream.adapter)
+            self.streams.pop(stream.stream_id, None)
+            self.spilled.add(stream.stream_id)
+        if total > self.memory_budget_bytes and keep in self.streams and len(self.streams) > 1:
+            raise StreamLimitError(f"memory_budget_bytes={self.memory_budget_bytes} reached and no stream is idle")
 
     def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
         """A new stream with its own adapter; the adapter and config are validated here."""
@@ -122,6 +162,8 @@ class StreamManager:
 
     def get(self, stream_id: str) -> Stream:
         stream = self.streams.get(stream_id)
+        if stream is None and stream_id in self.spilled:
+            stream = self._wake(stream_id)
         if stream is None:
             raise UnknownStreamError(stream_id)
         return stream
@@ -206,8 +248,11 @@ class StreamManager:
         never shares a step with another stream.
         """
         stream = self.get_or_create(stream_id)
+        self.enforce_budget(keep=stream_id)  # room for this stream, before its working memory
         if self.max_delay_s <= 0:
-            return await self.run(stream, lambda s: self._work(s, batch))
+            result = await self.run(stream, lambda s: self._work(s, batch))
+            self.enforce_budget(keep=stream_id)  # its state may have grown (optimizer moments)
+            return result
         stream.adapter.validate(batch)  # a bad request fails alone, not the group it would join
         future: asyncio.Future[tuple[Tensor, int, str]] = asyncio.get_running_loop().create_future()
         stream.queue.append((batch, future))
