@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     make_in.add_argument("--seed", type=int, default=0)
     make_in.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
+    load = commands.add_parser("load-test", help="concurrent streams through the server vs in process")
+    load.add_argument("--adapters", default="source,norm,tent")
+    load.add_argument("--streams", type=int, default=8)
+    load.add_argument("--batches", type=int, default=10, help="requests per stream")
+    load.add_argument("--batch-size", type=int, default=64)
+    load.add_argument("--workers", type=int, default=2, help="server model worker threads")
+    load.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
     rep = commands.add_parser(
         "replay",
         help="replay CIFAR-10-C or ImageNet-C through adapters (online error, tables, plots)",
@@ -168,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         manifest.pop("done")
         print(json.dumps(manifest, indent=1))
+    elif args.command == "load-test":
+        from benchmarks.load_test import run_load_test
+
+        print(
+            run_load_test(args.adapters.split(","), args.streams, args.batches, args.batch_size, args.workers, args.out)
+        )
     elif args.command == "frozen-forward":
         from benchmarks.frozen_forward import run_frozen_forward
 

@@ -223,3 +223,13 @@ def test_replay_through_the_server_matches_the_in_process_replay(tmp_path: Path)
     assert [b["errors"] for b in remote["batches"]] == [b["errors"] for b in local["batches"]]
     latency = remote["server"]["latency_ms"]
     assert latency["requests"] == 2 * 2 and 0 < latency["p50"] <= latency["p99"]
+
+
+def test_load_test_runs_concurrent_streams_and_writes_its_table(tmp_path: Path) -> None:
+    from benchmarks.load_test import run_load_test
+
+    table = run_load_test(["norm"], streams=2, batches=2, batch_size=16, workers=2, out_dir=tmp_path)
+    result = json.loads((tmp_path / "load_test.json").read_text())
+    row = result["rows"][0]
+    assert row["server_images_per_s"] > 0 and row["in_process_images_per_s"] > 0
+    assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"] and "| norm |" in table
