@@ -39,3 +39,22 @@ def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
         np.testing.assert_allclose(np.take_along_axis(got, top, 1), np.take_along_axis(expected, top, 1), atol=1e-5)
         assert {s["stream_id"] for s in client.get("/v1/streams").json()} == {"a"}
         assert client.get("/v1/streams/b").json()["steps"] == 1  # a spilled stream answers too
+
+
+def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
+    import time
+
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, idle_timeout_s=0.4, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "sleepy"})
+        deadline = time.monotonic() + 10
+        while client.get("/v1/streams").json() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/v1/streams").json() == [] and (tmp_path / "sleepy.safetensors").is_file()
+        again = client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "sleepy"})
+        assert again.json()["step"] == 2  # woke up from its snapshot, not from the source
+    dropping = Settings(default_adapter="norm", idle_timeout_s=0.4)
+    with running_server(dropping) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "gone"})
+        time.sleep(1.0)
+        assert client.get("/v1/streams/gone").status_code == 404  # no snapshots: dropped

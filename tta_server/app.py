@@ -33,6 +33,15 @@ async def _snapshot_every(streams: StreamManager, directory: Path, interval_s: f
             logger.error("periodic snapshot failed: %s", exc)
 
 
+async def _expire_every(streams: StreamManager, idle_s: float) -> None:
+    while True:
+        await asyncio.sleep(min(idle_s / 4, 10.0))
+        try:
+            streams.expire_idle(idle_s)
+        except (OSError, RuntimeError) as exc:
+            logger.error("idle-stream expiry failed: %s", exc)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -62,15 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 periodic = asyncio.create_task(
                     _snapshot_every(streams, settings.snapshot_dir, settings.snapshot_interval_s)
                 )
+        expiry = None
+        if settings.idle_timeout_s is not None:
+            expiry = asyncio.create_task(_expire_every(streams, settings.idle_timeout_s))
         app.state.ready = True
         try:
             yield
         finally:
             app.state.ready = False
-            if periodic is not None:
-                periodic.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await periodic
+            for task in (periodic, expiry):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             streams.close()
             if settings.snapshot_dir is not None:
                 streams.snapshot_all(settings.snapshot_dir)

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         ge=1,
         description="per-stream states in memory; idle streams beyond it go to snapshot_dir (none: no limit)",
     )
+    idle_timeout_s: float | None = Field(
+        None, gt=0, description="streams unused this long leave memory: to snapshot_dir if set, else dropped"
+    )
     max_batch_size: int = Field(256, ge=1, description="dynamic batching: most images grouped into one step")
     max_delay_ms: float = Field(
         0.0, ge=0, description="dynamic batching: how long a stream's first request waits for more (0: off)"

@@ -96,6 +96,7 @@ class StreamManager:
     ) -> None:
         if memory_budget_bytes is not None and spill_dir is None:
             raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
+        self.spill_dir = spill_dir
         self.memory_budget_bytes = memory_budget_bytes
         self.spill_dir = spill_dir
         self.spilled: set[str] = set()
@@ -128,6 +129,21 @@ class StreamManager:
         stream = self.create(stream_id, metadata["adapter"], json.loads(metadata["config"]))
         restore_into(stream.adapter, metadata, tensors)
         return stream
+
+    def expire_idle(self, idle_s: float) -> list[str]:
+        """Streams unused for ``idle_s`` seconds leave memory: to a snapshot when snapshots are on
+        (they wake up on their next request), otherwise they are dropped. Returns their ids."""
+        now = time.time()
+        expired = []
+        for stream in list(self.streams.values()):
+            if now - stream.last_used_at < idle_s or stream.lock.locked() or stream.queue:
+                continue
+            if self.spill_dir is not None:
+                write_snapshot(self.spill_dir, stream.stream_id, stream.adapter)
+                self.spilled.add(stream.stream_id)
+            self.streams.pop(stream.stream_id, None)
+            expired.append(stream.stream_id)
+        return expired
 
     def state_total(self) -> int:
         return sum(stream.adapter.state_bytes() for stream in self.streams.values())
