@@ -16,12 +16,11 @@ from adapters.base import Adapter, AdapterConfig, register_adapter
 from adapters.blocks import (
     OptimizerConfig,
     entropy,
-    load_optimizer_tensors,
     make_optimizer,
-    optimizer_tensors,
     shared_view,
     use_test_batch_statistics,
 )
+from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError
 from adapters.models.airbench import AirbenchNet
 from adapters.source_model import NormalizedModel, SourceModel
@@ -226,19 +225,14 @@ class EcottaAdapter(Adapter):
         self.model.eval()
         return self.model(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
 
+    def _roles(self) -> dict[str, list[Tensor]]:
+        return {"meta": list(self.meta_params)}
+
     def _state_tensors(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {f"meta.{i}": p for i, p in enumerate(self.meta_params)}
-        tensors.update({f"optim.{k}": v for k, v in optimizer_tensors(self.optimizer).items()})
-        return tensors
+        return role_tensors(self._roles(), self.optimizer)
 
     def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        given = {k for k in tensors if not k.startswith("optim.")}
-        if given != {f"meta.{i}" for i in range(len(self.meta_params))}:
-            raise ValueError(f"ecotta state has {len(given)} meta tensors, expected {len(self.meta_params)}")
-        with torch.no_grad():
-            for i, param in enumerate(self.meta_params):
-                param.copy_(tensors[f"meta.{i}"])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
 
     def _diagnostics(self) -> dict[str, float]:
         return dict(self._signals)

@@ -18,10 +18,8 @@ from adapters.blocks import (
     ema_update,
     fisher_restore_masks,
     gated_teacher_target,
-    load_optimizer_tensors,
     make_optimizer,
     masked_restore,
-    optimizer_tensors,
     own_parameters,
     shared_view,
     soft_cross_entropy,
@@ -29,6 +27,7 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
+from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.source_model import SourceModel
 
 SWAG = "petal_swag"
@@ -153,22 +152,14 @@ class PetalAdapter(Adapter):
     def _predict(self, x: Tensor) -> Tensor:
         return self.teacher(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
 
+    def _roles(self) -> dict[str, list[Tensor]]:
+        return {"student": list(self.student_params), "teacher": list(self.teacher_params)}
+
     def _state_tensors(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {f"student.{i}": p for i, p in enumerate(self.student_params)}
-        tensors.update({f"teacher.{i}": p for i, p in enumerate(self.teacher_params)})
-        tensors.update({f"optim.{k}": v for k, v in optimizer_tensors(self.optimizer).items()})
-        return tensors
+        return role_tensors(self._roles(), self.optimizer)
 
     def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        expected = {f"{role}.{i}" for role in ("student", "teacher") for i in range(len(self.student_params))}
-        given = {k for k in tensors if not k.startswith("optim.")}
-        if given != expected:
-            raise ValueError(f"petal state has {len(given)} parameter tensors, expected {len(expected)}")
-        with torch.no_grad():
-            for i, (student, teacher) in enumerate(zip(self.student_params, self.teacher_params, strict=True)):
-                student.copy_(tensors[f"student.{i}"])
-                teacher.copy_(tensors[f"teacher.{i}"])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
 
     def _diagnostics(self) -> dict[str, float]:
         return dict(self._signals)

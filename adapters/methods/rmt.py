@@ -16,15 +16,14 @@ from adapters.blocks import (
     OptimizerConfig,
     cotta_augment,
     ema_update,
-    load_optimizer_tensors,
     make_optimizer,
-    optimizer_tensors,
     own_parameters,
     shared_view,
     supervised_contrastive,
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
+from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError
 from adapters.source_model import NormalizedModel, SourceModel
 
@@ -132,11 +131,8 @@ class RmtAdapter(Adapter):
         return projector
 
     def _load_warmup(self, tensors: dict[str, Tensor]) -> None:
-        with torch.no_grad():
-            for i, (student, teacher) in enumerate(zip(self.student_params, self.teacher_params, strict=True)):
-                student.copy_(tensors[f"student.{i}"])
-                teacher.copy_(tensors[f"teacher.{i}"])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        roles = {"student": list(self.student_params), "teacher": list(self.teacher_params)}
+        load_role_tensors(roles, self.optimizer, tensors, "rmt warm-up")
 
     def _contrastive(self, features: Tensor, augmented_features: Tensor) -> Tensor:
         with torch.no_grad():
@@ -183,24 +179,18 @@ class RmtAdapter(Adapter):
         x = x.contiguous(memory_format=torch.channels_last)
         return self.student(x) + self.teacher(x)  # type: ignore[no-any-return]
 
+    def _roles(self) -> dict[str, list[Tensor]]:
+        return {
+            "student": list(self.student_params),
+            "teacher": list(self.teacher_params),
+            "projector": list(self.projector_params),
+        }
+
     def _state_tensors(self) -> dict[str, Tensor]:
-        tensors: dict[str, Tensor] = {f"student.{i}": p for i, p in enumerate(self.student_params)}
-        tensors.update({f"teacher.{i}": p for i, p in enumerate(self.teacher_params)})
-        tensors.update({f"projector.{i}": p for i, p in enumerate(self.projector_params)})
-        tensors.update({f"optim.{k}": v for k, v in optimizer_tensors(self.optimizer).items()})
-        return tensors
+        return role_tensors(self._roles(), self.optimizer)
 
     def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        roles = {"student": self.student_params, "teacher": self.teacher_params, "projector": self.projector_params}
-        expected = {f"{role}.{i}" for role, params in roles.items() for i in range(len(params))}
-        given = {k for k in tensors if not k.startswith("optim.")}
-        if given != expected:
-            raise ValueError(f"rmt state has {len(given)} parameter tensors, expected {len(expected)}")
-        with torch.no_grad():
-            for role, params in roles.items():
-                for i, param in enumerate(params):
-                    param.copy_(tensors[f"{role}.{i}"])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
 
     def _diagnostics(self) -> dict[str, float]:
         return dict(self._signals)

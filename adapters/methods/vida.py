@@ -16,9 +16,7 @@ from adapters.blocks import (
     OptimizerConfig,
     cotta_augment,
     ema_update,
-    load_optimizer_tensors,
     make_optimizer,
-    optimizer_tensors,
     own_parameters,
     replace_modules,
     shared_view,
@@ -26,6 +24,7 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
+from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError
 from adapters.source_model import NormalizedModel, SourceModel
 
@@ -262,26 +261,19 @@ class VidaAdapter(Adapter):
         self._allot(self._uncertainty(x))
         return self.teacher(x)  # type: ignore[no-any-return]
 
-    def _state_tensors(self) -> dict[str, Tensor]:
-        roles = {
-            "student": self.student_adapters,
-            "teacher": self.teacher_adapters,
-            "student_backbone": self.student_backbone,
-            "teacher_backbone": self.teacher_backbone,
+    def _roles(self) -> dict[str, list[Tensor]]:
+        return {
+            "student": list(self.student_adapters),
+            "teacher": list(self.teacher_adapters),
+            "student_backbone": list(self.student_backbone),
+            "teacher_backbone": list(self.teacher_backbone),
         }
-        tensors: dict[str, Tensor] = {f"{role}.{i}": p for role, params in roles.items() for i, p in enumerate(params)}
-        tensors.update({f"optim.{k}": v for k, v in optimizer_tensors(self.optimizer).items()})
-        return tensors
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        return role_tensors(self._roles(), self.optimizer)
 
     def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        current = {k: v for k, v in self._state_tensors().items() if not k.startswith("optim.")}
-        given = {k for k in tensors if not k.startswith("optim.")}
-        if given != set(current):
-            raise ValueError(f"vida state has {len(given)} parameter tensors, expected {len(current)}")
-        with torch.no_grad():
-            for key, param in current.items():
-                param.copy_(tensors[key])
-        load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
+        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
 
     def _diagnostics(self) -> dict[str, float]:
         return dict(self._signals)
