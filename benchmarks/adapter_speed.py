@@ -18,37 +18,11 @@ from typing import Any
 
 import torch
 
-from adapters import Adapter, SourceModel, create_adapter
+from adapters import SourceModel, create_adapter
+from adapters.memory import step_memory
 from benchmarks.report import write_result
 
 FULL_STREAM = 150_000  # CIFAR-10-C: 15 corruptions x 10,000 images
-
-
-def step_memory(adapter: Adapter, x: torch.Tensor) -> dict[str, int]:
-    """Peak tensor memory of one ``forward_and_adapt`` step, from the torch profiler's memory
-    timeline (every tensor allocation and free it sees, on CPU or GPU).
-
-    ``step_peak_bytes``: the peak of the bytes allocated during the step and still alive
-    (activations kept for backward, gradients, augmented views, temporaries).
-    ``step_peak_with_inputs_bytes``: the same plus the pre-existing tensors the step touched
-    (input batch, weights, per-stream state).
-    """
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        adapter.forward_and_adapt(x)
-    new = touched = peak_new = peak_touched = 0
-    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda row: row[0]):
-        if action == Action.PREEXISTING:
-            touched += size
-        elif action == Action.CREATE:
-            new += size
-        elif action == Action.DESTROY:
-            new -= size
-        peak_new, peak_touched = max(peak_new, new), max(peak_touched, new + touched)
-    return {"step_peak_bytes": peak_new, "step_peak_with_inputs_bytes": peak_touched}
 
 
 def run_adapter_speed(

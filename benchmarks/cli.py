@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     speed.add_argument("--repeats", type=int, default=15)
     speed.add_argument("--out", type=Path, default=Path("benchmarks/results"))
 
+    working = commands.add_parser(
+        "working-memory", help="the server's working-memory estimate vs profiled steps per adapter"
+    )
+    working.add_argument("--model", default="cifar10-airbench")
+    working.add_argument("--adapters", default="norm,tent,cotta,rmt,petal,ecotta,vida")
+    working.add_argument("--batch-sizes", default="64,200")
+    working.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
     make_c = commands.add_parser(
         "make-cifar10c",
         help="build CIFAR-10-C (official layout) from a CIFAR-10 test set",
@@ -236,6 +244,13 @@ def main(argv: list[str] | None = None) -> None:
             name, _, backend = item.partition(":")
             chosen.append((name, {"backend": backend} if backend else {}))
         print(run_adapter_speed(source, chosen, args.batch_size, args.repeats, args.out))
+
+    elif args.command == "working-memory":
+        from benchmarks.working_memory import run_working_memory
+
+        source = create_source_model(args.model)
+        sizes = [int(n) for n in args.batch_sizes.split(",")]
+        print(run_working_memory(source, args.adapters.split(","), sizes, args.out))
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def test_bundled_per_stream_state_is_under_ten_percent_of_the_model(bundled_sour
 
 def test_ecotta_keeps_no_activations_of_the_frozen_path(tiny_source: SourceModel) -> None:
     """Measured, not read off the code: the profiler's memory timeline of one step."""
-    from benchmarks.adapter_speed import step_memory
+    from adapters.memory import step_memory
 
     x = image_batch(64)
     peaks = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -9,14 +10,20 @@ import numpy as np
 import torch
 
 from adapters import create_adapter, create_source_model
+from adapters.memory import measure_working_memory, step_memory
 from tests.server_harness import running_server
 from tests.test_dynamic_batching import files, images, probabilities
 from tta_server import Settings
+from tta_server.streams import Stream, StreamManager
 
 
 def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
-    # one tent stream's state after a step is ~41 KB: the budget holds one stream, not two
-    settings = Settings(default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=60_000, snapshot_dir=tmp_path)
+    # one tent stream's state after a step is ~41 KB: the budget holds one stream, not two, plus
+    # the working memory of one step of 4 images
+    working = measure_working_memory("tent", create_source_model()).bytes_for(4)
+    settings = Settings(
+        default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=working + 60_000, snapshot_dir=tmp_path
+    )
     reference = create_adapter("tent", create_source_model())
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
 
@@ -58,3 +65,61 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
         client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "gone"})
         time.sleep(1.0)
         assert client.get("/v1/streams/gone").status_code == 404  # no snapshots: dropped
+
+
+def test_working_memory_estimate_predicts_a_larger_step() -> None:
+    source = create_source_model()
+    x = torch.rand(48, *source.input_shape, generator=torch.Generator().manual_seed(3))
+    for name in ("norm", "tent"):
+        estimate = measure_working_memory(name, source)
+        assert estimate.per_image_bytes > 0
+        adapter = create_adapter(name, source)
+        adapter.forward_and_adapt(x[:8])
+        measured = step_memory(adapter, x)["step_peak_bytes"]
+        assert abs(estimate.bytes_for(48) - measured) <= 0.1 * measured, (name, estimate, measured)
+
+
+def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchanged(tmp_path: Path) -> None:
+    working = measure_working_memory("tent", create_source_model())
+    budget = working.bytes_for(8) + 60_000  # one step of 8 images fits, one of 32 does not
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        refused = client.post("/v1/predict", files=files(images(32, 1)), headers={"X-Stream-Id": "big"})
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        error = refused.json()["error"]
+        assert error["code"] == "memory_budget" and "working memory" in error["message"]
+        assert client.get("/v1/streams/big").json()["steps"] == 0
+        accepted = client.post("/v1/predict", files=files(images(8, 1)), headers={"X-Stream-Id": "big"})
+        assert accepted.status_code == 200 and accepted.json()["step"] == 1
+        memory = client.get("/v1/memory").json()
+        assert memory["budget_bytes"] == budget and memory["in_flight_bytes"] == 0
+        assert memory["state_bytes"] > 0 and memory["working_memory"][0]["adapter"] == "tent"
+        assert memory["working_memory"][0]["per_image_bytes"] > 0
+
+
+def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
+    source = create_source_model()
+    working = measure_working_memory("tent", source).bytes_for(8)
+    budget = 4 * 60_000 + working + working // 2  # four states and one step at a time, not two
+
+    class Recording(StreamManager):
+        peak = 0
+
+        async def _reserve(self, stream: Stream, need: int) -> None:
+            await super()._reserve(stream, need)
+            Recording.peak = max(Recording.peak, self.state_total() + self.in_flight_bytes)
+
+    async def main() -> list[int]:
+        manager = Recording(
+            source, "tent", {}, workers=2, min_adapt_batch=4, memory_budget_bytes=budget, spill_dir=tmp_path
+        )
+        batches = [torch.rand(8, *source.input_shape, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+        try:
+            results = await asyncio.gather(*(manager.step(f"s{i % 4}", b) for i, b in enumerate(batches)))
+        finally:
+            manager.close()
+        return [steps for _, steps, _ in results]
+
+    steps = asyncio.run(main())
+    assert sorted(steps) == [1, 1, 1, 1, 2, 2, 2, 2]  # every step ran, none was refused
+    assert 0 < Recording.peak <= budget

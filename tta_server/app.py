@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_delay_ms=settings.max_delay_ms,
             memory_budget_bytes=settings.memory_budget_bytes,
             spill_dir=settings.snapshot_dir,
+            memory_wait_s=settings.memory_wait_s,
         )
         app.state.source = source
         app.state.streams = streams

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import AdapterError, InputError
+from tta_server.streams import MemoryBudgetError, StreamLimitError
 
 
 class ApiError(Exception):
@@ -24,6 +25,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StreamLimitError)
+    async def _busy(_: Request, exc: StreamLimitError) -> JSONResponse:
+        # no room now (streams or memory): the client can retry once others finish or go idle
+        code = "memory_budget" if isinstance(exc, MemoryBudgetError) else "stream_limit"
+        return JSONResponse(error_body(code, str(exc)), status_code=503, headers={"Retry-After": "30"})
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:

@@ -33,7 +33,14 @@ class Settings(BaseSettings):
     memory_budget_bytes: int | None = Field(
         None,
         ge=1,
-        description="per-stream states in memory; idle streams beyond it go to snapshot_dir (none: no limit)",
+        description="per-stream states plus the working memory of running steps; idle streams beyond it "
+        "go to snapshot_dir, steps wait or get 503 (none: no limit)",
+    )
+    memory_wait_s: float = Field(
+        30.0,
+        ge=0,
+        description="with memory_budget_bytes: how long a step waits for running steps to free working "
+        "memory before it is refused with 503",
     )
     idle_timeout_s: float | None = Field(
         None, gt=0, description="streams unused this long leave memory: to snapshot_dir if set, else dropped"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from adapters import Adapter, AdapterError, SourceModel, create_adapter, get_frozen_forward
 from adapters.frozen import FrozenForward
+from adapters.memory import WorkingMemory, measure_working_memory
 from tta_server.snapshots import SnapshotError, read_snapshot, restore_into, snapshot_path, write_snapshot
 
 T = TypeVar("T")
@@ -25,6 +27,10 @@ T = TypeVar("T")
 
 class StreamLimitError(RuntimeError):
     """No room for another stream."""
+
+
+class MemoryBudgetError(StreamLimitError):
+    """A step's working memory does not fit the memory budget."""
 
 
 class StreamExistsError(RuntimeError):
@@ -78,6 +84,10 @@ def step_small_batches(stream: Stream, batch: Tensor, min_adapt_batch: int, froz
     return logits
 
 
+def _working_key(adapter: Adapter) -> str:
+    return f"{adapter.name} {adapter.config.model_dump_json()}"
+
+
 class StreamManager:
     """Creates streams on first use with the default adapter and runs their steps on a pool."""
 
@@ -93,13 +103,20 @@ class StreamManager:
         max_delay_ms: float = 0.0,
         memory_budget_bytes: int | None = None,
         spill_dir: Path | None = None,
+        memory_wait_s: float = 30.0,
     ) -> None:
         if memory_budget_bytes is not None and spill_dir is None:
             raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
-        self.spill_dir = spill_dir
         self.memory_budget_bytes = memory_budget_bytes
         self.spill_dir = spill_dir
         self.spilled: set[str] = set()
+        # working memory of running steps, reserved before a step starts and freed when it ends
+        self.in_flight_bytes = 0
+        self.memory_wait_s = memory_wait_s
+        self._memory_freed = asyncio.Condition()
+        # per adapter + config (adapter name, config, estimate), measured on first use
+        self._working: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
+        self._measuring: asyncio.Lock = asyncio.Lock()
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.source = source
@@ -148,11 +165,12 @@ class StreamManager:
     def state_total(self) -> int:
         return sum(stream.adapter.state_bytes() for stream in self.streams.values())
 
-    def enforce_budget(self, keep: str) -> None:
-        """Spill the least recently used idle streams to disk until the states fit the budget."""
+    def enforce_budget(self, keep: str, extra_bytes: int = 0) -> None:
+        """Spill the least recently used idle streams to disk until the states plus ``extra_bytes``
+        (working memory) fit the budget; raise if they still do not."""
         if self.memory_budget_bytes is None or self.spill_dir is None:
             return
-        total = self.state_total()
+        total = self.state_total() + extra_bytes
         idle = sorted(
             (s for s in self.streams.values() if s.stream_id != keep and not s.lock.locked() and not s.queue),
             key=lambda s: s.last_used_at,
@@ -164,8 +182,72 @@ class StreamManager:
             write_snapshot(self.spill_dir, stream.stream_id, stream.adapter)
             self.streams.pop(stream.stream_id, None)
             self.spilled.add(stream.stream_id)
-        if total > self.memory_budget_bytes and keep in self.streams and len(self.streams) > 1:
-            raise StreamLimitError(f"memory_budget_bytes={self.memory_budget_bytes} reached and no stream is idle")
+        if total > self.memory_budget_bytes:
+            raise MemoryBudgetError(
+                f"memory_budget_bytes={self.memory_budget_bytes} reached: stream states "
+                f"{self.state_total()} B + working memory {extra_bytes} B, and no stream is idle"
+            )
+
+    async def working_bytes(self, stream: Stream, images: int) -> int:
+        """Working memory of a step of ``images`` images on ``stream`` (0 without a budget).
+
+        Measured once per adapter and config with the torch profiler on a throw-away adapter; the
+        profiler sees the whole process, so the measurement runs while no step is in flight.
+        """
+        if self.memory_budget_bytes is None:
+            return 0
+        adapter = stream.adapter
+        key = _working_key(adapter)
+        if key not in self._working:
+            async with self._measuring:
+                if key not in self._working:
+                    async with self._memory_freed:
+                        await self._memory_freed.wait_for(lambda: self.in_flight_bytes == 0)
+                        config = adapter.config.model_dump(mode="json")
+                        measure = partial(measure_working_memory, adapter.name, self.source, config)
+                        estimate = await asyncio.get_running_loop().run_in_executor(self.executor, measure)
+                        self._working[key] = (adapter.name, config, estimate)
+        return self._working[key][2].bytes_for(images)
+
+    def memory_report(self) -> dict[str, Any]:
+        """The budget, what holds it now, and the working-memory estimates measured so far."""
+        return {
+            "budget_bytes": self.memory_budget_bytes,
+            "state_bytes": self.state_total(),
+            "in_flight_bytes": self.in_flight_bytes,
+            "streams_in_memory": len(self.streams),
+            "streams_spilled": len(self.spilled),
+            "working_memory": [
+                {"adapter": name, "config": config, **dataclasses.asdict(estimate)}
+                for name, config, estimate in self._working.values()
+            ],
+        }
+
+    async def _reserve(self, stream: Stream, need: int) -> None:
+        """Hold ``need`` bytes of the budget for a step; wait while running steps hold what is missing."""
+        if self.memory_budget_bytes is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.memory_wait_s
+        async with self._memory_freed:
+            while True:
+                try:
+                    self.enforce_budget(keep=stream.stream_id, extra_bytes=self.in_flight_bytes + need)
+                    break
+                except MemoryBudgetError:
+                    remaining = deadline - loop.time()
+                    if self.in_flight_bytes == 0 or remaining <= 0:
+                        raise  # nothing will free memory in time
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._memory_freed.wait(), remaining)
+            self.in_flight_bytes += need
+
+    async def _release(self, need: int) -> None:
+        if self.memory_budget_bytes is None:
+            return
+        async with self._memory_freed:
+            self.in_flight_bytes -= need
+            self._memory_freed.notify_all()
 
     def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
         """A new stream with its own adapter; the adapter and config are validated here."""
@@ -250,11 +332,23 @@ class StreamManager:
         async with stream.lock:  # let in-flight requests of the stream finish first
             self.streams.pop(stream_id, None)
 
-    async def run(self, stream: Stream, fn: Callable[[Stream], T]) -> T:
+    async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:
+        """Run ``fn`` on the pool after the stream's earlier work; ``images`` > 0 marks an
+        adaptation step of that many images, whose working memory is reserved from the budget."""
         async with stream.lock:
             stream.last_used_at = time.time()
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, fn, stream)
+            need = await self.working_bytes(stream, self._step_images(stream, images)) if images else 0
+            await self._reserve(stream, need)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, stream)
+            finally:
+                await self._release(need)
+
+    def _step_images(self, stream: Stream, images: int) -> int:
+        """The most images one call of :func:`step_small_batches` adapts or predicts on at once."""
+        if images >= self.min_adapt_batch:
+            return images
+        return max(images + self.min_adapt_batch, sum(p.shape[0] for p in stream.pending) + images)
 
     async def step(self, stream_id: str, batch: Tensor) -> tuple[Tensor, int, str]:
         """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
@@ -264,10 +358,9 @@ class StreamManager:
         never shares a step with another stream.
         """
         stream = self.get_or_create(stream_id)
-        self.enforce_budget(keep=stream_id)  # room for this stream, before its working memory
         if self.max_delay_s <= 0:
-            result = await self.run(stream, lambda s: self._work(s, batch))
-            self.enforce_budget(keep=stream_id)  # its state may have grown (optimizer moments)
+            result = await self.run(stream, lambda s: self._work(s, batch), images=batch.shape[0])
+            self._after_step(stream, batch.shape[0])
             return result
         stream.adapter.validate(batch)  # a bad request fails alone, not the group it would join
         future: asyncio.Future[tuple[Tensor, int, str]] = asyncio.get_running_loop().create_future()
@@ -277,6 +370,14 @@ class StreamManager:
             stream.draining = True
             stream.drain_task = asyncio.create_task(self._drain(stream))
         return await future
+
+    def _after_step(self, stream: Stream, images: int) -> None:
+        """A step's state may have grown (optimizer moments): spill idle streams so that the next
+        step of the same size still fits, rather than spilling on that step's request path."""
+        key = _working_key(stream.adapter)
+        headroom = self._working[key][2].bytes_for(self._step_images(stream, images)) if key in self._working else 0
+        with contextlib.suppress(MemoryBudgetError):  # the answer is computed; the next step waits or refuses
+            self.enforce_budget(keep=stream.stream_id, extra_bytes=self.in_flight_bytes + headroom)
 
     def _work(self, stream: Stream, batch: Tensor) -> tuple[Tensor, int, str]:
         logits = step_small_batches(stream, batch, self.min_adapt_batch, self.frozen)
@@ -300,8 +401,12 @@ class StreamManager:
                 ):
                     group.append(stream.queue.pop(0))
                 batches = [b for b, _ in group]
+                merged = torch.cat(batches)
                 try:
-                    logits, steps, name = await self.run(stream, partial(self._work, batch=torch.cat(batches)))
+                    logits, steps, name = await self.run(
+                        stream, partial(self._work, batch=merged), images=merged.shape[0]
+                    )
+                    self._after_step(stream, merged.shape[0])
                 except Exception as exc:  # every request of the group gets the error
                     for _, future in group:
                         if not future.done():

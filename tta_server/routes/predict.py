@@ -18,7 +18,6 @@ from adapters import Preprocessing
 from tta_server.errors import ApiError
 from tta_server.images import ImageDecodeError, decode_image
 from tta_server.settings import Settings
-from tta_server.streams import StreamLimitError
 from tta_server.tensors import TensorError, decode_tensor
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -138,10 +137,7 @@ async def predict(
         except ImageDecodeError as exc:
             raise ApiError(422, "invalid_image", str(exc)) from exc
     stream_id = x_stream_id or settings.default_stream
-    try:
-        logits, step, adapter_name = await request.app.state.streams.step(stream_id, batch)
-    except StreamLimitError as exc:
-        raise ApiError(503, "stream_limit", str(exc), headers={"Retry-After": "30"}) from exc
+    logits, step, adapter_name = await request.app.state.streams.step(stream_id, batch)
     probs = logits.float().softmax(1)
     k = min(settings.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)

@@ -96,6 +96,12 @@ async def create_stream(request: Request, body: StreamCreate) -> StreamInfo:
     return _info(stream)
 
 
+@router.get("/memory")
+async def memory(request: Request) -> dict[str, Any]:
+    """Memory budget use: stream states, working memory of running steps, per-adapter estimates."""
+    return _streams(request).memory_report()
+
+
 @router.get("/streams")
 async def list_streams(request: Request) -> list[StreamInfo]:
     return [_info(stream) for stream in list(_streams(request).streams.values())]
