@@ -3,9 +3,9 @@
 The profiler records every tensor allocation and free (CPU and CUDA), so the peak of the bytes a
 step allocates and still holds is exact for that step; RSS cannot separate one step from the
 allocator's cache or from other threads. A step's working memory is close to affine in the batch
-size (activations kept for backward, augmented views, gradients of activations), so two small
-measurements predict it for any batch: ``benchmarks/results/working_memory.md`` compares the
-prediction with measurements at batch 64 and 200.
+size (activations kept for backward, augmented views, gradients of activations); two
+measurements, at a small batch and at the largest one a server runs, bound it for every batch in
+between (``benchmarks/results/working_memory.md`` compares the bound with measured steps).
 """
 
 from __future__ import annotations
@@ -19,46 +19,75 @@ import torch
 from adapters.base import Adapter, create_adapter
 from adapters.source_model import SourceModel
 
-CALIBRATION_SIZES = (8, 16)
+CALIBRATION_SIZES = (8, 256)
 
 
-def step_memory(adapter: Adapter, x: torch.Tensor) -> dict[str, int]:
+def step_memory(adapter: Adapter, x: torch.Tensor, with_inputs: bool = False) -> dict[str, int]:
     """Peak tensor memory of one ``forward_and_adapt`` step.
 
     ``step_peak_bytes``: the peak of the bytes allocated during the step and still alive
-    (activations kept for backward, gradients, augmented views, temporaries).
-    ``step_peak_with_inputs_bytes``: the same plus the pre-existing tensors the step touched
-    (input batch, weights, per-stream state).
+    (activations kept for backward, gradients, augmented views, temporaries), from the profiler's
+    allocation and free events in time order.
+    With ``with_inputs``, also ``step_peak_with_inputs_bytes``: the same plus the pre-existing
+    tensors the step touched (input batch, weights, per-stream state), from the profiler's memory
+    timeline, which needs stack recording and a ~10x slower analysis.
 
     The profiler is process-wide: measure while no other thread runs torch work.
     """
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
-    with profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True) as prof:
+    with profile(activities=activities, profile_memory=True, record_shapes=with_inputs, with_stack=with_inputs) as prof:
         adapter.forward_and_adapt(x)
-    new = touched = peak_new = peak_touched = 0
-    for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda row: row[0]):
-        if action == Action.PREEXISTING:
-            touched += size
-        elif action == Action.CREATE:
-            new += size
-        elif action == Action.DESTROY:
-            new -= size
-        peak_new, peak_touched = max(peak_new, new), max(peak_touched, new + touched)
-    return {"step_peak_bytes": peak_new, "step_peak_with_inputs_bytes": peak_touched}
+    assert prof.profiler is not None and prof.profiler.kineto_results is not None
+    events = sorted(
+        (event.start_ns(), event.nbytes())
+        for event in prof.profiler.kineto_results.events()
+        if event.name() == "[memory]"  # one per allocation (+bytes) and free (-bytes)
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    result = {"step_peak_bytes": peak}
+    if with_inputs:
+        from torch.profiler._memory_profiler import Action
+
+        new = touched = peak_touched = 0
+        for _, action, _, size in sorted(prof._memory_profile().timeline, key=lambda row: row[0]):
+            if action == Action.PREEXISTING:
+                touched += size
+            elif action == Action.CREATE:
+                new += size
+            elif action == Action.DESTROY:
+                new -= size
+            peak_touched = max(peak_touched, new + touched)
+        result["step_peak_with_inputs_bytes"] = peak_touched
+    return result
 
 
 @dataclass(frozen=True)
 class WorkingMemory:
-    """Working memory of one step of ``n`` images: ``fixed_bytes + n * per_image_bytes``."""
+    """Working memory of one step, measured at ``small_images`` and ``large_images``.
 
-    fixed_bytes: int
-    per_image_bytes: int
+    A step's peak is the largest of its phases' peaks (forward, backward, optimizer step, restore),
+    each close to affine in the batch size: convex and increasing in ``n``. So the measurement at
+    ``small_images`` bounds every smaller step, and the straight line between the two measurements
+    lies above the peak in between; beyond ``large_images`` the line is extended (the server
+    measures at its largest step, so it does not go there).
+    """
+
+    small_images: int
+    small_bytes: int
+    large_images: int
+    large_bytes: int
+
+    @property
+    def per_image_bytes(self) -> int:
+        return max(0, math.ceil((self.large_bytes - self.small_bytes) / (self.large_images - self.small_images)))
 
     def bytes_for(self, images: int) -> int:
-        return self.fixed_bytes + images * self.per_image_bytes
+        return self.small_bytes + max(0, images - self.small_images) * self.per_image_bytes
 
 
 def measure_working_memory(
@@ -68,10 +97,10 @@ def measure_working_memory(
     sizes: tuple[int, int] = CALIBRATION_SIZES,
     seed: int = 0,
 ) -> WorkingMemory:
-    """Fit :class:`WorkingMemory` for an adapter from two profiled steps on a throw-away instance.
+    """Profile one step of each of the two ``sizes`` on a throw-away adapter.
 
     Uniform noise images are used: confidence-gated methods (CoTTA, PETAL) take their expensive
-    path on them, so the estimate is an upper bound for those.
+    path on them, so the estimate is an upper bound for those too.
     """
     small, large = sorted(sizes)
     if small < 2 or large <= small:
@@ -82,7 +111,9 @@ def measure_working_memory(
     x = torch.rand(large, *source.input_shape, generator=generator).to(device)
     # the first step creates lazily allocated state (optimizer moments): state, not working memory
     adapter.forward_and_adapt(x[:small])
-    peak_small = step_memory(adapter, x[:small])["step_peak_bytes"]
-    peak_large = step_memory(adapter, x)["step_peak_bytes"]
-    per_image = max(0, math.ceil((peak_large - peak_small) / (large - small)))
-    return WorkingMemory(fixed_bytes=max(0, peak_large - per_image * large), per_image_bytes=per_image)
+    return WorkingMemory(
+        small_images=small,
+        small_bytes=step_memory(adapter, x[:small])["step_peak_bytes"],
+        large_images=large,
+        large_bytes=step_memory(adapter, x)["step_peak_bytes"],
+    )

@@ -55,7 +55,7 @@ def run_adapter_speed(
                 "median_s_per_batch": median,
                 "images_per_s": batch_size / median,
                 "full_cifar10c_minutes": FULL_STREAM / (batch_size / median) / 60,
-                **step_memory(adapter, batches[0]),
+                **step_memory(adapter, batches[0], with_inputs=True),
                 "state_bytes": adapter.state_bytes(),
                 "diagnostics": adapter.diagnostics(),
             }
@@ -78,8 +78,9 @@ def run_adapter_speed(
         f"Adapter throughput ({source.model_id}, batch {batch_size})",
         f"`{result['command']}` — torch {torch.__version__}, {result['threads']} threads, median of {repeats} "
         "interleaved steps (synthetic uniform images: CoTTA's and PETAL's gate fires on them, their slow path). "
-        "Memory: peak tensor bytes allocated during one step (torch profiler memory timeline), the same with the "
-        f"tensors the step read (weights, state, input), and the exact per-stream state; the model is "
+        "Memory: peak tensor bytes allocated during one step (torch profiler allocation and free events), the "
+        "same with the tensors the step read (weights, state, input; profiler memory timeline), and the exact "
+        f"per-stream state; the model is "
         f"{source_bytes / 2**20:.1f} MiB. ONNX Runtime allocates outside torch, so its row shows only the "
         "torch-side tensors.",
         ["adapter", "s / batch", "images/s", "full CIFAR-10-C (150k)", "step peak", "with inputs", "stream state"],

@@ -45,6 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     speed = commands.add_parser("adapter-speed", help="images/s of forward_and_adapt per adapter")
     speed.add_argument("--model", default="cifar10-airbench")
     speed.add_argument("--adapters", default="source:torch,source:onnxruntime,norm,tent")
+    speed.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an extra row with a config, e.g. ecotta='{\"backprop_frozen\": true}' (repeatable)",
+    )
     speed.add_argument("--batch-size", type=int, default=200)
     speed.add_argument("--repeats", type=int, default=15)
     speed.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -243,6 +250,9 @@ def main(argv: list[str] | None = None) -> None:
         for item in args.adapters.split(","):
             name, _, backend = item.partition(":")
             chosen.append((name, {"backend": backend} if backend else {}))
+        for variant in args.variant:
+            name, _, config = variant.partition("=")
+            chosen.append((name, json.loads(config)))
         print(run_adapter_speed(source, chosen, args.batch_size, args.repeats, args.out))
 
     elif args.command == "working-memory":

@@ -1,8 +1,8 @@
 """How well the server's working-memory estimate predicts the memory of real steps.
 
-The server reserves ``fixed + n * per_image`` bytes of its memory budget for every running step,
-fitted from two profiled steps of 8 and 16 images (:mod:`adapters.memory`). This compares that
-prediction with profiled steps at larger batches, per adapter. Writes ``working_memory.{json,md}``.
+The server reserves, for every running step, the chord between two profiled steps (8 images and its
+largest step, :mod:`adapters.memory`) from its memory budget. This compares that reservation with
+profiled steps of other batch sizes, per adapter. Writes ``working_memory.{json,md}``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def run_working_memory(source: SourceModel, adapters: list[str], batch_sizes: li
                 {
                     "adapter": name,
                     "batch_size": n,
-                    "fixed_bytes": estimate.fixed_bytes,
+                    "calibration_bytes": [estimate.small_bytes, estimate.large_bytes],
                     "per_image_bytes": estimate.per_image_bytes,
                     "predicted_bytes": predicted,
                     "measured_bytes": measured,
-                    "relative_error": (predicted - measured) / measured if measured else 0.0,
+                    "over_reserved": (predicted - measured) / measured if measured else 0.0,
                 }
             )
     result = {
@@ -53,21 +53,21 @@ def run_working_memory(source: SourceModel, adapters: list[str], batch_sizes: li
         "working_memory",
         result,
         f"Working-memory estimate vs measured step memory ({source.model_id})",
-        f"`{result['command']}` — torch {torch.__version__}. Estimate: fixed + n x per-image bytes fitted from "
-        f"profiled steps of {CALIBRATION_SIZES[0]} and {CALIBRATION_SIZES[1]} uniform-noise images, as the server "
-        "does once per adapter and config to reserve a step's memory from `memory_budget_bytes`. Measured: peak "
-        "tensor bytes allocated during one step (torch profiler memory timeline). Positive error: the server "
-        "reserves more than the step uses.",
-        ["adapter", "batch", "per image", "fixed", "predicted", "measured", "error"],
+        f"`{result['command']}` — torch {torch.__version__}. Reserved: what the server reserves from "
+        f"`memory_budget_bytes` for a step, the chord between profiled steps of {CALIBRATION_SIZES[0]} and "
+        f"{CALIBRATION_SIZES[1]} uniform-noise images (its default largest step), measured once per adapter and "
+        "config. Measured: peak tensor bytes allocated during one step of that batch (torch profiler memory "
+        "timeline). A step's peak is convex in the batch size, so the chord must not be below it: "
+        "over-reserved >= 0.",
+        ["adapter", "batch", "per image", "reserved", "measured", "over-reserved"],
         [
             [
                 str(r["adapter"]),
                 str(r["batch_size"]),
                 f"{r['per_image_bytes'] / 2**20:.2f} MiB",
-                f"{r['fixed_bytes'] / 2**20:.1f} MiB",
                 f"{r['predicted_bytes'] / 2**20:.1f} MiB",
                 f"{r['measured_bytes'] / 2**20:.1f} MiB",
-                f"{100 * r['relative_error']:+.1f} %",
+                f"{100 * r['over_reserved']:+.1f} %",
             ]
             for r in rows
         ],

@@ -32,6 +32,26 @@ def test_ecotta_starts_from_the_warmed_meta_networks_and_trains_only_them(tiny_s
     assert 0.0 <= adapter.diagnostics()["kept_fraction"] <= 1.0 and adapter.diagnostics()["regulariser"] >= 0
 
 
+def test_source_aligned_init_makes_the_meta_networks_the_identity_on_source_batches(tiny_source: SourceModel) -> None:
+    from adapters.methods.ecotta import EcottaNetwork, build_meta_networks, source_aligned_init
+
+    frozen = shared_view(tiny_source.module)
+    use_test_batch_statistics(frozen)
+    metas = build_meta_networks(frozen.net, 4, 1)
+    use_test_batch_statistics(metas)
+    model = EcottaNetwork(frozen, metas, 4)
+    x = image_batch(48)
+    reference = create_adapter("norm", tiny_source).predict(x)
+    assert not torch.allclose(model(x), reference, atol=1e-2)  # torch's default init is not the identity
+    source_aligned_init(model, x, batch_size=48, branch_scale=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference, atol=1e-4, rtol=1e-4)
+    source_aligned_init(model, x, batch_size=48)  # the default keeps the conv branch small but trainable
+    logits = model(x)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in metas.parameters())
+
+
 def test_ecotta_entropy_filter_drops_uncertain_samples(tiny_source: SourceModel) -> None:
     strict = create_adapter("ecotta", tiny_source, {"entropy_margin": 1e-6, "reg_weight": 0.0})
     before = [p.detach().clone() for p in strict.meta_params]

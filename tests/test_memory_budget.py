@@ -9,20 +9,28 @@ import httpx
 import numpy as np
 import torch
 
-from adapters import create_adapter, create_source_model
+from adapters import SourceModel, create_adapter, create_source_model
 from adapters.memory import measure_working_memory, step_memory
 from tests.server_harness import running_server
 from tests.test_dynamic_batching import files, images, probabilities
 from tta_server import Settings
 from tta_server.streams import Stream, StreamManager
 
+# budgets in these tests: steps of at most 32 images, so the server measures at 8 and 32 (fast)
+SMALL_STEPS = {"max_images_per_request": 32, "max_batch_size": 32}
+SIZES = (8, 32)
+
 
 def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
     # one tent stream's state after a step is ~41 KB: the budget holds one stream, not two, plus
     # the working memory of one step of 4 images
-    working = measure_working_memory("tent", create_source_model()).bytes_for(4)
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(4)
     settings = Settings(
-        default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=working + 60_000, snapshot_dir=tmp_path
+        default_adapter="tent",
+        min_adapt_batch=4,
+        memory_budget_bytes=working + 60_000,
+        snapshot_dir=tmp_path,
+        **SMALL_STEPS,
     )
     reference = create_adapter("tent", create_source_model())
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
@@ -67,22 +75,29 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
         assert client.get("/v1/streams/gone").status_code == 404  # no snapshots: dropped
 
 
-def test_working_memory_estimate_predicts_a_larger_step() -> None:
-    source = create_source_model()
-    x = torch.rand(48, *source.input_shape, generator=torch.Generator().manual_seed(3))
-    for name in ("norm", "tent"):
-        estimate = measure_working_memory(name, source)
+def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: SourceModel) -> None:
+    source = bundled_source
+    x = torch.rand(24, *source.input_shape, generator=torch.Generator().manual_seed(3))
+    # cotta's peak grows faster beyond small batches than below them: a line through two small
+    # steps would under-reserve, the chord from a small to the largest step must not
+    for name in ("norm", "tent", "cotta"):
+        estimate = measure_working_memory(name, source, sizes=(4, 32))
         assert estimate.per_image_bytes > 0
         adapter = create_adapter(name, source)
-        adapter.forward_and_adapt(x[:8])
-        measured = step_memory(adapter, x)["step_peak_bytes"]
-        assert abs(estimate.bytes_for(48) - measured) <= 0.1 * measured, (name, estimate, measured)
+        adapter.forward_and_adapt(x[:4])
+        for n in (2, 12, 24):
+            measured = step_memory(adapter, x[:n])["step_peak_bytes"]
+            assert measured <= estimate.bytes_for(n), (name, n, estimate, measured)
+            if n >= estimate.small_images:  # below it, the small step's peak is reserved
+                assert estimate.bytes_for(n) <= 1.5 * measured, (name, n, estimate, measured)
 
 
 def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchanged(tmp_path: Path) -> None:
-    working = measure_working_memory("tent", create_source_model())
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
     budget = working.bytes_for(8) + 60_000  # one step of 8 images fits, one of 32 does not
-    settings = Settings(default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path)
+    settings = Settings(
+        default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path, **SMALL_STEPS
+    )
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         refused = client.post("/v1/predict", files=files(images(32, 1)), headers={"X-Stream-Id": "big"})
         assert refused.status_code == 503 and refused.headers["retry-after"]
@@ -99,7 +114,7 @@ def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchange
 
 def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
     source = create_source_model()
-    working = measure_working_memory("tent", source).bytes_for(8)
+    working = measure_working_memory("tent", source, sizes=SIZES).bytes_for(8)
     budget = 4 * 60_000 + working + working // 2  # four states and one step at a time, not two
 
     class Recording(StreamManager):
@@ -111,7 +126,14 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
 
     async def main() -> list[int]:
         manager = Recording(
-            source, "tent", {}, workers=2, min_adapt_batch=4, memory_budget_bytes=budget, spill_dir=tmp_path
+            source,
+            "tent",
+            {},
+            workers=2,
+            min_adapt_batch=4,
+            memory_budget_bytes=budget,
+            spill_dir=tmp_path,
+            largest_step=SIZES[1],
         )
         batches = [torch.rand(8, *source.input_shape, generator=torch.Generator().manual_seed(i)) for i in range(8)]
         try:

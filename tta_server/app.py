@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI
 
-from adapters import create_source_model
+from adapters import create_adapter, create_source_model
 from tta_server.auth import install_auth
 from tta_server.errors import install_error_handlers
 from tta_server.routes import health, oip, predict
@@ -62,7 +62,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             memory_budget_bytes=settings.memory_budget_bytes,
             spill_dir=settings.snapshot_dir,
             memory_wait_s=settings.memory_wait_s,
+            # the most images one step can hold: a request, a batching group, or buffered small requests
+            largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
         )
+        if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
+            default = create_adapter(settings.default_adapter, source, settings.default_adapter_config)
+            await streams.working_estimate(default)
         app.state.source = source
         app.state.streams = streams
         periodic = None

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from adapters.memory import WorkingMemory, measure_working_memory
 from tta_server.snapshots import SnapshotError, read_snapshot, restore_into, snapshot_path, write_snapshot
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 class StreamLimitError(RuntimeError):
@@ -104,6 +106,7 @@ class StreamManager:
         memory_budget_bytes: int | None = None,
         spill_dir: Path | None = None,
         memory_wait_s: float = 30.0,
+        largest_step: int = 256,
     ) -> None:
         if memory_budget_bytes is not None and spill_dir is None:
             raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
@@ -117,6 +120,9 @@ class StreamManager:
         # per adapter + config (adapter name, config, estimate), measured on first use
         self._working: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
         self._measuring: asyncio.Lock = asyncio.Lock()
+        # working memory is measured at a small step and at the largest step the server runs
+        small = max(2, min(8, largest_step // 2))
+        self.calibration_sizes = (small, max(largest_step, small + 1))
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.source = source
@@ -189,14 +195,15 @@ class StreamManager:
             )
 
     async def working_bytes(self, stream: Stream, images: int) -> int:
-        """Working memory of a step of ``images`` images on ``stream`` (0 without a budget).
-
-        Measured once per adapter and config with the torch profiler on a throw-away adapter; the
-        profiler sees the whole process, so the measurement runs while no step is in flight.
-        """
+        """Working memory of a step of ``images`` images on ``stream`` (0 without a budget)."""
         if self.memory_budget_bytes is None:
             return 0
-        adapter = stream.adapter
+        return (await self.working_estimate(stream.adapter)).bytes_for(images)
+
+    async def working_estimate(self, adapter: Adapter) -> WorkingMemory:
+        """The adapter's working-memory estimate, measured on first use per adapter and config
+        with the torch profiler on a throw-away adapter. The profiler sees the whole process, so
+        the measurement runs while no step is in flight (new steps wait for it)."""
         key = _working_key(adapter)
         if key not in self._working:
             async with self._measuring:
@@ -204,10 +211,22 @@ class StreamManager:
                     async with self._memory_freed:
                         await self._memory_freed.wait_for(lambda: self.in_flight_bytes == 0)
                         config = adapter.config.model_dump(mode="json")
-                        measure = partial(measure_working_memory, adapter.name, self.source, config)
+                        measure = partial(
+                            measure_working_memory, adapter.name, self.source, config, self.calibration_sizes
+                        )
+                        started = time.perf_counter()
                         estimate = await asyncio.get_running_loop().run_in_executor(self.executor, measure)
+                        logger.info(
+                            "working memory of %s: %d B at %d images, %d B at %d images (measured in %.1f s)",
+                            adapter.name,
+                            estimate.small_bytes,
+                            estimate.small_images,
+                            estimate.large_bytes,
+                            estimate.large_images,
+                            time.perf_counter() - started,
+                        )
                         self._working[key] = (adapter.name, config, estimate)
-        return self._working[key][2].bytes_for(images)
+        return self._working[key][2]
 
     def memory_report(self) -> dict[str, Any]:
         """The budget, what holds it now, and the working-memory estimates measured so far."""
@@ -218,7 +237,12 @@ class StreamManager:
             "streams_in_memory": len(self.streams),
             "streams_spilled": len(self.spilled),
             "working_memory": [
-                {"adapter": name, "config": config, **dataclasses.asdict(estimate)}
+                {
+                    "adapter": name,
+                    "config": config,
+                    **dataclasses.asdict(estimate),
+                    "per_image_bytes": estimate.per_image_bytes,
+                }
                 for name, config, estimate in self._working.values()
             ],
         }
