@@ -66,8 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
         )
         if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
-            default = create_adapter(settings.default_adapter, source, settings.default_adapter_config)
-            await streams.working_estimate(default)
+            streams.measure_working(create_adapter(settings.default_adapter, source, settings.default_adapter_config))
         app.state.source = source
         app.state.streams = streams
         periodic = None

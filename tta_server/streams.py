@@ -210,23 +210,26 @@ class StreamManager:
                 if key not in self._working:
                     async with self._memory_freed:
                         await self._memory_freed.wait_for(lambda: self.in_flight_bytes == 0)
-                        config = adapter.config.model_dump(mode="json")
-                        measure = partial(
-                            measure_working_memory, adapter.name, self.source, config, self.calibration_sizes
-                        )
-                        started = time.perf_counter()
-                        estimate = await asyncio.get_running_loop().run_in_executor(self.executor, measure)
-                        logger.info(
-                            "working memory of %s: %d B at %d images, %d B at %d images (measured in %.1f s)",
-                            adapter.name,
-                            estimate.small_bytes,
-                            estimate.small_images,
-                            estimate.large_bytes,
-                            estimate.large_images,
-                            time.perf_counter() - started,
-                        )
-                        self._working[key] = (adapter.name, config, estimate)
+                        await asyncio.get_running_loop().run_in_executor(self.executor, self.measure_working, adapter)
         return self._working[key][2]
+
+    def measure_working(self, adapter: Adapter) -> WorkingMemory:
+        """Measure the adapter's working memory now, in the calling thread (at start-up, before
+        serving, the main thread: the profiler logs a harmless kineto error from other threads)."""
+        config = adapter.config.model_dump(mode="json")
+        started = time.perf_counter()
+        estimate = measure_working_memory(adapter.name, self.source, config, self.calibration_sizes)
+        logger.info(
+            "working memory of %s: %d B at %d images, %d B at %d images (measured in %.1f s)",
+            adapter.name,
+            estimate.small_bytes,
+            estimate.small_images,
+            estimate.large_bytes,
+            estimate.large_images,
+            time.perf_counter() - started,
+        )
+        self._working[_working_key(adapter)] = (adapter.name, config, estimate)
+        return estimate
 
     def memory_report(self) -> dict[str, Any]:
         """The budget, what holds it now, and the working-memory estimates measured so far."""
