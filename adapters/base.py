@@ -24,6 +24,7 @@ from torch import Tensor
 
 from adapters.artefacts import ArtefactStore
 from adapters.blocks.losses import entropy
+from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError, InputError
 from adapters.registry import Registry
 from adapters.source_model import SourceModel
@@ -184,6 +185,29 @@ class Adapter(ABC):
 
 
 A = TypeVar("A", bound=type[Adapter])
+
+
+class RoleStateAdapter(Adapter):
+    """An adapter whose per-stream state is lists of parameters by role (student, teacher, meta
+    networks, ...) plus one optimizer, and whose diagnostics are the last step's ``_signals``."""
+
+    optimizer: torch.optim.Optimizer
+    _signals: dict[str, float]
+
+    @abstractmethod
+    def _roles(self) -> dict[str, list[Tensor]]:
+        """The per-stream parameters by role, in a stable order."""
+
+    def _state_tensors(self) -> dict[str, Tensor]:
+        return role_tensors(self._roles(), self.optimizer)
+
+    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
+
+    def _diagnostics(self) -> dict[str, float]:
+        return dict(self._signals)
+
+
 ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
 
 

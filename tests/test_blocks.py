@@ -99,3 +99,18 @@ def test_augmentation_ranges_move_the_image() -> None:
     flipped = IDENTITY.model_copy(update={"flip_p": 1.0})
     torch.testing.assert_close(cotta_augment(x, torch.Generator(), flipped), x.flip(-1), atol=1e-5, rtol=0)
     assert AugmentConfig.soft().rotation_degrees == 8.0
+
+
+def test_crop_and_flip_takes_a_seeded_window_of_the_reflect_padded_image() -> None:
+    from adapters.blocks import crop_and_flip
+
+    x = torch.rand(9, 3, 8, 8)
+    out = crop_and_flip(x, torch.Generator().manual_seed(5), pad=2)
+    generator = torch.Generator().manual_seed(5)  # the same draws, in the same order
+    offsets = torch.randint(0, 5, (9, 2), generator=generator)
+    flips = torch.rand(9, generator=generator) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="reflect")
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        window = padded[i, :, dy : dy + 8, dx : dx + 8]
+        torch.testing.assert_close(out[i], window.flip(2) if flips[i] else window, rtol=0, atol=0)
+    assert not torch.equal(out, crop_and_flip(x, torch.Generator().manual_seed(6), pad=2))

@@ -119,10 +119,12 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
 
     class Recording(StreamManager):
         peak = 0
+        peak_in_flight = 0
 
         async def _reserve(self, stream: Stream, need: int) -> None:
             await super()._reserve(stream, need)
             Recording.peak = max(Recording.peak, self.state_total() + self.in_flight_bytes)
+            Recording.peak_in_flight = max(Recording.peak_in_flight, self.in_flight_bytes)
 
     async def main() -> list[int]:
         manager = Recording(
@@ -145,3 +147,5 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
     steps = asyncio.run(main())
     assert sorted(steps) == [1, 1, 1, 1, 2, 2, 2, 2]  # every step ran, none was refused
     assert 0 < Recording.peak <= budget
+    # steps held their working memory, and never two at once (the pool has 2 workers)
+    assert working <= Recording.peak_in_flight < 2 * working

@@ -191,7 +191,8 @@ class StreamManager:
         if total > self.memory_budget_bytes:
             raise MemoryBudgetError(
                 f"memory_budget_bytes={self.memory_budget_bytes} reached: stream states "
-                f"{self.state_total()} B + working memory {extra_bytes} B, and no stream is idle"
+                f"{self.state_total()} B + working memory {extra_bytes} B of running and starting steps, "
+                "and no idle stream is left to spill"
             )
 
     async def working_bytes(self, stream: Stream, images: int) -> int:

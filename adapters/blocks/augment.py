@@ -116,3 +116,17 @@ def cotta_augment(x: Tensor, generator: torch.Generator, config: AugmentConfig |
     if config.noise_std > 0:
         x = x + config.noise_std * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x.clamp(0, 1)
+
+
+def crop_and_flip(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Training augmentation of the source warm-ups: random crop from ``pad`` reflected pixels and
+    a horizontal flip, drawn per image from ``generator`` (seeded, so artefacts rebuild exactly;
+    kornia.augmentation draws from the global RNG)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    rows = (offsets[:, 0, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (offsets[:, 1, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    return torch.where(flips[:, None, None, None], out.flip(3), out)

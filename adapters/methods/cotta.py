@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
@@ -22,7 +22,6 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
-from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.source_model import SourceModel
 
 
@@ -51,7 +50,7 @@ def shared_anchor(source: SourceModel) -> nn.Module:
 
 
 @register_adapter("cotta")
-class CottaAdapter(Adapter):
+class CottaAdapter(RoleStateAdapter):
     """Mean teacher with augmentation-averaged pseudo-labels, a confidence gate and stochastic restore.
 
     Per batch: student logits; anchor confidence (batch mean of the max softmax of the source
@@ -115,12 +114,3 @@ class CottaAdapter(Adapter):
 
     def _roles(self) -> dict[str, list[Tensor]]:
         return {"student": list(self.student_params), "teacher": list(self.teacher_params)}
-
-    def _state_tensors(self) -> dict[str, Tensor]:
-        return role_tensors(self._roles(), self.optimizer)
-
-    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
-
-    def _diagnostics(self) -> dict[str, float]:
-        return dict(self._signals)

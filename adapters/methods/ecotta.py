@@ -12,15 +12,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adapters.artefacts import SourceData, register_artefact
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     OptimizerConfig,
+    crop_and_flip,
     entropy,
     make_optimizer,
     shared_view,
     use_test_batch_statistics,
 )
-from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError
 from adapters.models.airbench import AirbenchNet
 from adapters.source_model import NormalizedModel, SourceModel
@@ -166,7 +166,7 @@ class EcottaNetwork(nn.Module):
 
 
 @register_adapter("ecotta")
-class EcottaAdapter(Adapter):
+class EcottaAdapter(RoleStateAdapter):
     """Meta networks on a frozen network, trained by filtered entropy plus self-distillation.
 
     The bundled network's 9 units (per stage: downsample block, block, residual block) form K
@@ -247,15 +247,6 @@ class EcottaAdapter(Adapter):
     def _roles(self) -> dict[str, list[Tensor]]:
         return {"meta": list(self.meta_params)}
 
-    def _state_tensors(self) -> dict[str, Tensor]:
-        return role_tensors(self._roles(), self.optimizer)
-
-    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
-
-    def _diagnostics(self) -> dict[str, float]:
-        return dict(self._signals)
-
 
 def source_aligned_init(
     model: EcottaNetwork, images: Tensor, batch_size: int = 200, branch_scale: float = 0.01
@@ -311,8 +302,6 @@ def build_warmup(
     statistics. The community's colour jitter / blur / greyscale are left out: with them the
     continual CIFAR-10-C error rose from 22.2 % to 22.5 % (random initialisation)."""
 
-    from adapters.methods.petal import _augment
-
     frozen = shared_view(source.module)
     if not isinstance(frozen, NormalizedModel) or not isinstance(frozen.net, AirbenchNet):
         raise AdapterError("ecotta needs the airbench network")
@@ -336,7 +325,7 @@ def build_warmup(
         if step % steps_per_epoch == 0:
             order = torch.randperm(data.labels.shape[0], generator=generator)
         index = order[(step % steps_per_epoch) * batch_size : (step % steps_per_epoch + 1) * batch_size]
-        x = _augment(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
+        x = crop_and_flip(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
         loss = nn.functional.cross_entropy(model(x), data.labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

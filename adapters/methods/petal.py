@@ -11,10 +11,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adapters.artefacts import SourceData, register_artefact
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
+    crop_and_flip,
     ema_update,
     fisher_restore_masks,
     gated_teacher_target,
@@ -27,7 +28,6 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
-from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.source_model import SourceModel
 
 SWAG = "petal_swag"
@@ -75,7 +75,7 @@ def swa_source(source: SourceModel, swag: dict[str, Tensor]) -> tuple[nn.Module,
 
 
 @register_adapter("petal")
-class PetalAdapter(Adapter):
+class PetalAdapter(RoleStateAdapter):
     """CoTTA's mean teacher with a Gaussian source prior from SWAG and Fisher-based restore.
 
     Student, teacher and anchor start from the SWA mean of the source posterior (the SWAG
@@ -155,27 +155,8 @@ class PetalAdapter(Adapter):
     def _roles(self) -> dict[str, list[Tensor]]:
         return {"student": list(self.student_params), "teacher": list(self.teacher_params)}
 
-    def _state_tensors(self) -> dict[str, Tensor]:
-        return role_tensors(self._roles(), self.optimizer)
-
-    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
-
-    def _diagnostics(self) -> dict[str, float]:
-        return dict(self._signals)
-
 
 # -- source artefact --------------------------------------------------------------------------------
-def _augment(images: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random crop with ``pad`` reflected pixels and horizontal flip, per image."""
-    n, _, h, w = images.shape
-    padded = nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
-    offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5
-    out = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
-    return torch.where(flips[:, None, None, None], out.flip(3), out)
-
-
 @register_artefact(
     SWAG,
     "PETAL SWAG-diagonal source posterior: SWA mean and variance of every parameter, from 5 extra "
@@ -226,7 +207,7 @@ def build_swag(
             for group in optimizer.param_groups:
                 group["lr"] = lr + (swa_lr - lr) * progress
             index = order[step * batch_size : (step + 1) * batch_size]
-            x = _augment(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
+            x = crop_and_flip(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
             loss = nn.functional.cross_entropy(net(x), data.labels[index].to(device), label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adapters.artefacts import SourceData, register_artefact
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
@@ -23,7 +23,7 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
-from adapters.blocks.state import load_role_tensors, role_tensors
+from adapters.blocks.state import load_role_tensors
 from adapters.errors import AdapterError
 from adapters.source_model import NormalizedModel, SourceModel
 
@@ -63,7 +63,7 @@ def _split(module: nn.Module, adapter: str) -> NormalizedModel:
 
 
 @register_adapter("rmt")
-class RmtAdapter(Adapter):
+class RmtAdapter(RoleStateAdapter):
     """Mean teacher with symmetric cross-entropy and a contrastive pull towards source prototypes.
 
     Per batch (all parameters trainable, test-batch BatchNorm everywhere): student features and
@@ -185,15 +185,6 @@ class RmtAdapter(Adapter):
             "teacher": list(self.teacher_params),
             "projector": list(self.projector_params),
         }
-
-    def _state_tensors(self) -> dict[str, Tensor]:
-        return role_tensors(self._roles(), self.optimizer)
-
-    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
-
-    def _diagnostics(self) -> dict[str, float]:
-        return dict(self._signals)
 
 
 # -- source artefacts -------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from adapters.artefacts import SourceData, register_artefact
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
     cotta_augment,
+    crop_and_flip,
     ema_update,
     make_optimizer,
     own_parameters,
@@ -24,7 +25,6 @@ from adapters.blocks import (
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
-from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError
 from adapters.source_model import NormalizedModel, SourceModel
 
@@ -133,7 +133,7 @@ def inject(view: nn.Module, layers: tuple[str, ...], config: VidaConfig, generat
 
 
 @register_adapter("vida")
-class VidaAdapter(Adapter):
+class VidaAdapter(RoleStateAdapter):
     """Low- and high-rank adapters in a frozen CNN, mixed by uncertainty, trained as a mean teacher.
 
     Student and teacher share the frozen network (test-batch BatchNorm) and each hold their own
@@ -269,15 +269,6 @@ class VidaAdapter(Adapter):
             "teacher_backbone": list(self.teacher_backbone),
         }
 
-    def _state_tensors(self) -> dict[str, Tensor]:
-        return role_tensors(self._roles(), self.optimizer)
-
-    def _load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        load_role_tensors(self._roles(), self.optimizer, tensors, self.name)
-
-    def _diagnostics(self) -> dict[str, float]:
-        return dict(self._signals)
-
 
 @register_artefact(
     WARMUP,
@@ -290,8 +281,6 @@ def build_warmup(
     """'Several iterations' of source training for the adapters alone (both lambdas 1): Adam,
     cross-entropy, random crop and flip, test-batch BatchNorm as at test time; ``steps`` at most,
     and at most one pass over the data."""
-    from adapters.methods.petal import _augment
-
     config = VidaConfig()
     view = shared_view(source.module)
     use_test_batch_statistics(view)
@@ -304,7 +293,7 @@ def build_warmup(
     steps = max(1, min(steps, data.labels.shape[0] // batch_size))
     for step in tqdm(range(steps), desc="ViDA warm-up", unit="step"):
         index = order[(torch.arange(batch_size) + step * batch_size) % order.shape[0]]
-        x = _augment(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
+        x = crop_and_flip(data.images[index], generator).to(device).contiguous(memory_format=torch.channels_last)
         loss = nn.functional.cross_entropy(view(x), data.labels[index].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
