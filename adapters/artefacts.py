@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from adapters.atomic import atomic_path, atomic_write_text
 from adapters.errors import MissingArtefactError
 from adapters.registry import Registry
 from adapters.source_model import NormalizedModel, SourceModel, state_sha256
@@ -129,13 +129,12 @@ class ArtefactStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         path = self.directory / f"{name}.safetensors"
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp))
         manifest = self.manifest()
         manifest[name] = {"sha256": state_sha256(tensors), "model_id": self.source.model_id, **info}
         assert self.manifest_path is not None
-        self.manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def prepare_artefacts(

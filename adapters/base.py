@@ -154,6 +154,10 @@ class Adapter(ABC):
         """Bytes of this stream's own tensors (the shared frozen model is not counted)."""
         return sum(t.numel() * t.element_size() for t in self._state_tensors().values())
 
+    def state_is_finite(self) -> bool:
+        """Whether every floating per-stream tensor is finite (a diverged step makes them NaN/inf)."""
+        return all(bool(torch.isfinite(t).all()) for t in self._state_tensors().values() if t.is_floating_point())
+
     def diagnostics(self) -> dict[str, float]:
         """Signals of the last batch: mean entropy and confidence, plus the method's own."""
         return {**self._last, **self._diagnostics()}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from adapters.atomic import atomic_path
 from adapters.source_model import SourceModel, state_sha256
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -83,31 +84,30 @@ def export_onnx(source: SourceModel, cache_dir: Path | None = None) -> Path:
             return path
         directory.mkdir(parents=True, exist_ok=True)
         example = torch.rand(2, *source.input_shape)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        module = source.module.eval()
-        common = {"input_names": ["images"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
-        try:
-            with warnings.catch_warnings():
-                # The TorchScript-based exporter is faster and exact for these CNNs.
-                warnings.simplefilter("ignore", DeprecationWarning)
+        with atomic_path(path, durable=False) as tmp:
+            module = source.module.eval()
+            common = {"input_names": ["images"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
+            try:
+                with warnings.catch_warnings():
+                    # The TorchScript-based exporter is faster and exact for these CNNs.
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    torch.onnx.export(
+                        module,
+                        (example,),
+                        str(tmp),
+                        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                        dynamo=False,
+                        **common,  # type: ignore[arg-type]
+                    )
+            except Exception:  # the TorchScript-based exporter cannot trace every module
                 torch.onnx.export(
                     module,
                     (example,),
                     str(tmp),
-                    dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                    dynamo=False,
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+                    dynamo=True,
                     **common,  # type: ignore[arg-type]
                 )
-        except Exception:  # the TorchScript-based exporter cannot trace every module
-            torch.onnx.export(
-                module,
-                (example,),
-                str(tmp),
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                dynamo=True,
-                **common,  # type: ignore[arg-type]
-            )
-        tmp.replace(path)
     return path
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from adapters.atomic import atomic_path, atomic_write_text
 from benchmarks.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, corruptions_with
 from benchmarks.corruptions.constants import CIFAR, IMAGENET, CorruptionConstants
 from benchmarks.datasets.cifar10 import DatasetError, ImageArrays
@@ -153,9 +154,7 @@ def build_cifar10c(
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _corrupt_imagenet_files(
@@ -174,9 +173,8 @@ def _corrupt_imagenet_files(
             clean = np.asarray(resize_center_crop(opened.convert("RGB")), dtype=np.uint8)
         rng = np.random.default_rng(np.random.SeedSequence([seed, ALL_CORRUPTIONS.index(corruption), severity, index]))
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        Image.fromarray(corrupt(clean, severity, rng)).save(partial, "JPEG", quality=85, optimize=True)
-        partial.replace(target)
+        with atomic_path(target, durable=False) as partial:
+            Image.fromarray(corrupt(clean, severity, rng)).save(partial, "JPEG", quality=85, optimize=True)
     return len(files)
 
 

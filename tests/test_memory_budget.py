@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -11,24 +12,32 @@ import torch
 
 from adapters import SourceModel, create_adapter, create_source_model
 from adapters.memory import measure_working_memory, step_memory
+from adapters.online import OnlineStream
 from tests.server_harness import running_server
 from tests.test_dynamic_batching import files, images, probabilities
 from tta_server import Settings
-from tta_server.streams import Stream, StreamManager
+from tta_server.streams import SnapshotStore, StreamManager
 
 # budgets in these tests: steps of at most 32 images, so the server measures at 8 and 32 (fast)
 SMALL_STEPS = {"max_images_per_request": 32, "max_batch_size": 32}
 SIZES = (8, 32)
 
 
+def state_after_a_step(images: int = 4) -> int:
+    """A tent stream's state (parameters, moments and its min_adapt_batch=4 context) after a step."""
+    source = create_source_model()
+    stream = OnlineStream(create_adapter("tent", source), 4, lambda x: x)
+    stream.step(torch.rand(images, *source.input_shape, generator=torch.Generator().manual_seed(0)))
+    return stream.state_bytes()
+
+
 def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
-    # one tent stream's state after a step is ~41 KB: the budget holds one stream, not two, plus
-    # the working memory of one step of 4 images
+    # the budget holds one stream, not two, plus one step of 4 images (working memory and undo copy)
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(4)
     settings = Settings(
         default_adapter="tent",
         min_adapt_batch=4,
-        memory_budget_bytes=working + 60_000,
+        memory_budget_bytes=working + 9 * state_after_a_step() // 4,
         snapshot_dir=tmp_path,
         **SMALL_STEPS,
     )
@@ -43,7 +52,7 @@ def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
         predict("a", 1)
         predict("b", 2)  # over budget: "a" (least recently used) goes to disk
         in_memory = {s["stream_id"] for s in client.get("/v1/streams").json()}
-        assert in_memory == {"b"} and (tmp_path / "a.safetensors").is_file()
+        assert in_memory == {"b"} and SnapshotStore(tmp_path).exists("a")
         woken = predict("a", 3)  # "a" comes back (and "b" goes out)
         assert woken["step"] == 2
         for seed in (1, 3):
@@ -65,7 +74,7 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while client.get("/v1/streams").json() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert client.get("/v1/streams").json() == [] and (tmp_path / "sleepy.safetensors").is_file()
+        assert client.get("/v1/streams").json() == [] and SnapshotStore(tmp_path).exists("sleepy")
         again = client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "sleepy"})
         assert again.json()["step"] == 2  # woke up from its snapshot, not from the source
     dropping = Settings(default_adapter="norm", idle_timeout_s=0.4)
@@ -94,7 +103,8 @@ def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: Sou
 
 def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchanged(tmp_path: Path) -> None:
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
-    budget = working.bytes_for(8) + 60_000  # one step of 8 images fits, one of 32 does not
+    state = state_after_a_step(8)
+    budget = working.bytes_for(8) + 3 * state  # one step of 8 images fits, one of 32 does not
     settings = Settings(
         default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path, **SMALL_STEPS
     )
@@ -115,28 +125,30 @@ def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchange
 def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
     source = create_source_model()
     working = measure_working_memory("tent", source, sizes=SIZES).bytes_for(8)
-    budget = 4 * 60_000 + working + working // 2  # four states and one step at a time, not two
-
-    class Recording(StreamManager):
-        peak = 0
-        peak_in_flight = 0
-
-        async def _reserve(self, stream: Stream, need: int) -> None:
-            await super()._reserve(stream, need)
-            Recording.peak = max(Recording.peak, self.state_total() + self.in_flight_bytes)
-            Recording.peak_in_flight = max(Recording.peak_in_flight, self.in_flight_bytes)
+    state = state_after_a_step(8)
+    step = working + state  # a step's working memory plus the copy that undoes a diverged step
+    budget = 4 * state + step + step // 2  # four states and one step at a time, not two
+    peaks = {"total": 0, "in_flight": 0}
 
     async def main() -> list[int]:
-        manager = Recording(
+        manager = StreamManager(
             source,
             "tent",
             {},
             workers=2,
             min_adapt_batch=4,
             memory_budget_bytes=budget,
-            spill_dir=tmp_path,
+            store=SnapshotStore(tmp_path),
             largest_step=SIZES[1],
         )
+        reserve = manager.budget.reserve
+
+        async def recording(need: int, make_room: Callable[[int], None]) -> None:
+            await reserve(need, make_room)
+            peaks["total"] = max(peaks["total"], manager.state_total() + manager.budget.in_flight_bytes)
+            peaks["in_flight"] = max(peaks["in_flight"], manager.budget.in_flight_bytes)
+
+        manager.budget.reserve = recording  # type: ignore[method-assign]
         batches = [torch.rand(8, *source.input_shape, generator=torch.Generator().manual_seed(i)) for i in range(8)]
         try:
             results = await asyncio.gather(*(manager.step(f"s{i % 4}", b) for i, b in enumerate(batches)))
@@ -146,6 +158,6 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
 
     steps = asyncio.run(main())
     assert sorted(steps) == [1, 1, 1, 1, 2, 2, 2, 2]  # every step ran, none was refused
-    assert 0 < Recording.peak <= budget
+    assert 0 < peaks["total"] <= budget
     # steps held their working memory, and never two at once (the pool has 2 workers)
-    assert working <= Recording.peak_in_flight < 2 * working
+    assert working <= peaks["in_flight"] < 2 * working

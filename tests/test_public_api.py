@@ -16,4 +16,4 @@ def test_adapters_exports() -> None:
 
 
 def test_server_exports() -> None:
-    assert tta_server.__all__ == ["Settings", "create_app"]
+    assert tta_server.__all__ == ["Settings", "__version__", "create_app"]

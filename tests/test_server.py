@@ -92,7 +92,7 @@ def test_other_image_sizes_are_resized(client: httpx.Client) -> None:
             {"files": [("files", ("huge.png", png(0, (1024, 1024)), "image/png"))]},
             422,
             "invalid_image",
-            "max_pixels=262144",
+            "max_image_pixels=262144",
         ),
     ],
 )

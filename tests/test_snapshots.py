@@ -9,6 +9,8 @@ import httpx
 from tests.server_harness import running_server
 from tests.test_server import png
 from tta_server import Settings
+from tta_server.streams import SnapshotStore
+from tta_server.streams.store import file_name
 
 
 def predict(client: httpx.Client, stream: str, seed: int) -> list[dict[str, float]]:
@@ -33,7 +35,7 @@ def test_restore_rewinds_a_stream_exactly(tmp_path: Path) -> None:
         restored = client.post("/v1/streams/cam/restore").json()
         assert restored["steps"] == 1 and restored["adapter"] == "tent"
         assert predict(client, "cam", 2) == after_snapshot
-        assert client.post("/v1/streams/nope/restore").json()["error"]["code"] == "snapshot_error"
+        assert client.post("/v1/streams/nope/restore").json()["error"]["code"] == "snapshot_missing"
 
 
 def test_streams_survive_a_restart(tmp_path: Path) -> None:
@@ -49,13 +51,15 @@ def test_streams_survive_a_restart(tmp_path: Path) -> None:
         assert predict(client, "site-a", 4) != next_answer  # alive and adapting
 
 
-def test_a_broken_snapshot_is_skipped_at_start_and_refused_on_restore(tmp_path: Path) -> None:
-    (tmp_path / "broken.safetensors").write_bytes(b"not a snapshot")
+def test_a_broken_snapshot_is_quarantined_at_start(tmp_path: Path) -> None:
+    (tmp_path / file_name("broken")).write_bytes(b"not a snapshot")
     with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/health/ready").status_code == 200
         assert client.get("/v1/streams/broken").status_code == 404
-        refused = client.post("/v1/streams/broken/restore")
-        assert refused.status_code == 409 and "unreadable" in refused.json()["error"]["message"]
+        report = client.get("/v1/persistence").json()
+        assert report["quarantined"] == 1 and "unreadable" in report["quarantined_files"][0]["reason"]
+        assert client.post("/v1/streams/broken/restore").json()["error"]["code"] == "snapshot_missing"
+    assert not (tmp_path / file_name("broken")).exists() and len(list((tmp_path / "quarantine").iterdir())) == 2
 
 
 def test_snapshots_need_a_directory() -> None:
@@ -72,7 +76,6 @@ def test_a_sigkilled_server_restarts_with_its_periodic_snapshots(tmp_path: Path)
     import time
 
     from tests.server_harness import free_port
-    from tta_server.snapshots import read_snapshot
 
     def start() -> tuple[subprocess.Popen[bytes], str]:
         port = free_port()
@@ -103,8 +106,8 @@ def test_a_sigkilled_server_restarts_with_its_periodic_snapshots(tmp_path: Path)
                 predict(client, "kept", seed)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:  # until a periodic snapshot holds all three steps
-                path = tmp_path / "kept.safetensors"
-                if path.is_file() and read_snapshot(path)[0].get("steps") == "3":
+                store = SnapshotStore(tmp_path)
+                if store.exists("kept") and store.read("kept")["steps"] == 3:
                     break
                 time.sleep(0.1)
     finally:

@@ -7,39 +7,68 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import torch
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from adapters import create_adapter, create_source_model
-from tta_server.auth import install_auth
-from tta_server.errors import install_error_handlers
-from tta_server.routes import health, oip, predict
+from tta_server import __version__
+from tta_server.codec.limits import BodyLimitMiddleware
+from tta_server.deps import Services
+from tta_server.errors import error_body, install_error_handlers
+from tta_server.logs import AccessLogMiddleware
+from tta_server.routes import health, oip, oip_models, predict
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
-from tta_server.streams import StreamManager
+from tta_server.streams import Persistence, SnapshotStore, StreamManager
+from tta_server.streams.persistence import expire_unpersisted, run_forever
 
 logger = logging.getLogger("tta_server")
 
 
-async def _snapshot_every(streams: StreamManager, directory: Path, interval_s: float) -> None:
-    """Bound what a crash (even SIGKILL) loses to ``interval_s`` of adaptation."""
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            await streams.snapshot_changed(directory)
-        except (OSError, RuntimeError) as exc:  # a full disk must not stop serving
-            logger.error("periodic snapshot failed: %s", exc)
+def build_services(settings: Settings) -> Services:
+    """Load the model and build the stream manager (and its store) from the settings."""
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    source = create_source_model(settings.model, **settings.model_kwargs)
+    source.module.to(settings.device)  # before any adapter: per-stream views share the source tensors
+    store = SnapshotStore(settings.snapshot_dir) if settings.snapshot_dir is not None else None
+    streams = StreamManager(
+        source,
+        settings.default_adapter,
+        settings.default_adapter_config,
+        settings.workers,
+        min_adapt_batch=settings.min_adapt_batch,
+        max_streams=settings.max_streams,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        memory_budget_bytes=settings.memory_budget_bytes,
+        store=store,
+        memory_wait_s=settings.memory_wait_s,
+        # the most images one step can hold: a request, a batching group, or buffered small requests
+        largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
+        auto_create=settings.auto_create_streams,
+    )
+    if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
+        streams.budget.measure(
+            create_adapter(settings.default_adapter, source, settings.default_adapter_config), source
+        )
+    persistence = Persistence(streams, store, settings.persistence_failure_grace_s) if store else None
+    return Services(settings=settings, source=source, streams=streams, persistence=persistence)
 
 
-async def _expire_every(streams: StreamManager, idle_s: float) -> None:
-    while True:
-        await asyncio.sleep(min(idle_s / 4, 10.0))
-        try:
-            streams.expire_idle(idle_s)
-        except (OSError, RuntimeError) as exc:
-            logger.error("idle-stream expiry failed: %s", exc)
+def _summary(services: Services, restored: int) -> str:
+    s, source = services.settings, services.source
+    frozen = type(services.streams.frozen).__name__
+    budget = f"{s.memory_budget_bytes} B" if s.memory_budget_bytes else "none"
+    quarantined = services.persistence.store.report()["quarantined"] if services.persistence else 0
+    return (
+        f"tta-server {__version__} ready: model {source.model_id} on {s.device} (frozen forward: {frozen}), "
+        f"default adapter {s.default_adapter}, min_adapt_batch {s.min_adapt_batch}, memory budget {budget}, "
+        f"snapshots {s.snapshot_dir or 'off'} ({restored} streams restored, {quarantined} quarantined), "
+        f"auth {'on' if s.api_tokens or s.admin_tokens else 'off'}, default stream {s.default_stream!r}"
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,59 +76,60 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        source = create_source_model(settings.model, **settings.model_kwargs)
-        streams = StreamManager(
-            source,
-            settings.default_adapter,
-            settings.default_adapter_config,
-            settings.workers,
-            min_adapt_batch=settings.min_adapt_batch,
-            max_streams=settings.max_streams,
-            max_batch_size=settings.max_batch_size,
-            max_delay_ms=settings.max_delay_ms,
-            memory_budget_bytes=settings.memory_budget_bytes,
-            spill_dir=settings.snapshot_dir,
-            memory_wait_s=settings.memory_wait_s,
-            # the most images one step can hold: a request, a batching group, or buffered small requests
-            largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
-        )
-        if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
-            streams.measure_working(create_adapter(settings.default_adapter, source, settings.default_adapter_config))
-        app.state.source = source
-        app.state.streams = streams
-        periodic = None
-        if settings.snapshot_dir is not None:
-            app.state.restore_failures = streams.restore_all(settings.snapshot_dir)
+        services = build_services(settings)
+        tasks: list[asyncio.Task[None]] = []
+        restored = 0
+        persistence = services.persistence
+        if persistence is not None:
+            restored = len(persistence.restore_all())
             if settings.snapshot_interval_s > 0:
-                periodic = asyncio.create_task(
-                    _snapshot_every(streams, settings.snapshot_dir, settings.snapshot_interval_s)
+                tasks.append(
+                    asyncio.create_task(
+                        run_forever("snapshots", settings.snapshot_interval_s, persistence.snapshot_changed)
+                    )
                 )
-        expiry = None
         if settings.idle_timeout_s is not None:
-            expiry = asyncio.create_task(_expire_every(streams, settings.idle_timeout_s))
-        app.state.ready = True
+            idle = settings.idle_timeout_s
+            expire = (
+                (lambda: persistence.expire_idle(idle))
+                if persistence
+                else (lambda: expire_unpersisted(services.streams, idle))
+            )
+            tasks.append(asyncio.create_task(run_forever("idle expiry", min(idle / 4, 10.0), expire)))
+        app.state.services = services
+        services.ready = True
+        logger.info(_summary(services, restored))
         try:
             yield
         finally:
-            app.state.ready = False
-            for task in (periodic, expiry):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            streams.close()
-            if settings.snapshot_dir is not None:
-                streams.snapshot_all(settings.snapshot_dir)
+            services.ready = False
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if persistence is not None:
+                failures = await persistence.snapshot_all(settings.shutdown_snapshot_timeout_s)
+                logger.info("shutdown: snapshots written (%d failed)", len(failures))
+            services.streams.close()
 
-    app = FastAPI(title="tta-server", version="0.1.0", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="tta-server",
+        version=__version__,
+        lifespan=lifespan,
+        description="Continual test-time adaptation: per-stream online adapters over a frozen classifier.",
+    )
     app.state.settings = settings
-    app.state.ready = False
     install_error_handlers(app)
-    install_auth(app, settings)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(streams_routes.router)
+    app.include_router(oip_models.router)
     app.include_router(oip.router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_request_bytes,
+        read_timeout_s=settings.request_read_timeout_s,
+        error_body=error_body,
+    )
+    app.add_middleware(AccessLogMiddleware)  # outermost: it sees every status, limits included
     return app

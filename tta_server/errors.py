@@ -1,6 +1,13 @@
-"""JSON error responses: ``{"error": {"code": ..., "message": ...}}`` with a 4xx status for bad input."""
+"""JSON error responses, one handler per error type, never a stack trace to the client.
+
+REST routes answer ``{"error": {"code": ..., "message": ...}}``; Open Inference Protocol routes
+(``/v2/...``) answer ``{"error": "<message>"}`` as that protocol defines.
+"""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -8,43 +15,72 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import AdapterError, InputError
-from tta_server.streams import MemoryBudgetError, StreamLimitError
+from adapters.online import DivergenceError
+from tta_server.codec.errors import ApiError
+from tta_server.streams import (
+    DamagedSnapshotError,
+    InvalidStreamIdError,
+    MemoryBudgetError,
+    MissingSnapshotError,
+    SnapshotError,
+    SnapshotsDisabledError,
+    StreamExistsError,
+    StreamLimitError,
+    UnknownStreamError,
+)
+
+__all__ = ["ApiError", "error_body", "install_error_handlers"]
+logger = logging.getLogger("tta_server")
+RETRY = {"Retry-After": "30"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+def error_body(path: str, code: str, message: str) -> dict[str, Any]:
+    if path.startswith("/v2"):
+        return {"error": message}
     return {"error": {"code": code, "message": message}}
 
 
+def _mapping(exc: Exception) -> tuple[int, str, str, dict[str, str] | None]:
+    """(status, code, message, headers) of an exception raised while serving a request."""
+    table: list[tuple[type[Exception], int, str]] = [
+        (InvalidStreamIdError, 400, "invalid_stream_id"),
+        (UnknownStreamError, 404, "unknown_stream"),
+        (StreamExistsError, 409, "stream_exists"),
+        (SnapshotsDisabledError, 409, "snapshots_disabled"),
+        (MissingSnapshotError, 404, "snapshot_missing"),
+        (DamagedSnapshotError, 409, "snapshot_damaged"),
+        (SnapshotError, 409, "snapshot_error"),
+        (DivergenceError, 422, "step_diverged"),
+        (InputError, 422, "invalid_input"),
+        (AdapterError, 400, "adapter_error"),
+    ]
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, StreamLimitError):  # no room now: retry once others finish or go idle
+        return 503, "memory_budget" if isinstance(exc, MemoryBudgetError) else "stream_limit", str(exc), RETRY
+    for kind, status, code in table:
+        if isinstance(exc, kind):
+            message = f"no stream {exc.args[0]!r}" if isinstance(exc, UnknownStreamError) else str(exc)
+            return status, code, message, None
+    logger.error("unhandled error on a request", exc_info=exc)
+    return 500, "internal_error", "internal error; the server log has the details", None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message, headers = _mapping(exc)
+        return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
-    @app.exception_handler(StreamLimitError)
-    async def _busy(_: Request, exc: StreamLimitError) -> JSONResponse:
-        # no room now (streams or memory): the client can retry once others finish or go idle
-        code = "memory_budget" if isinstance(exc, MemoryBudgetError) else "stream_limit"
-        return JSONResponse(error_body(code, str(exc)), status_code=503, headers={"Retry-After": "30"})
-
-    @app.exception_handler(InputError)
-    async def _input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_input", str(exc)), status_code=422)
-
-    @app.exception_handler(AdapterError)
-    async def _adapter_error(_: Request, exc: AdapterError) -> JSONResponse:
-        return JSONResponse(error_body("adapter_error", str(exc)), status_code=400)
+    kinds: tuple[type[Exception], ...] = (ApiError, StreamLimitError, InvalidStreamIdError, UnknownStreamError)
+    for kind in (*kinds, StreamExistsError, SnapshotError, AdapterError, Exception):
+        app.add_exception_handler(kind, handle)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse(error_body("invalid_request", details), status_code=422)
+        return JSONResponse(error_body(request.url.path, "invalid_request", details[:2000]), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body("http_error", str(exc.detail)), status_code=exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = error_body(request.url.path, "http_error", str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

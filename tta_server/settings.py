@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +28,23 @@ class Settings(BaseSettings):
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the model factory")
     default_adapter: str = "tent"
     default_adapter_config: dict[str, Any] = Field(default_factory=dict)
-    default_stream: str = "default"
+    default_stream: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        description="the stream of requests without X-Stream-Id (or OIP sequence_id): all of them share "
+        "this one adapting stream",
+    )
+    auto_create_streams: bool = Field(
+        True,
+        description="predict on an unknown stream id creates it with the default adapter (false: 404, "
+        "streams are created only through POST /v1/streams)",
+    )
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        description="torch device of the model and all adaptation: cpu, cuda or cuda:N (frozen forwards "
+        "run in torch there; ONNX Runtime serves them on the CPU)",
+    )
     max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
     memory_budget_bytes: int | None = Field(
         None,
@@ -61,10 +77,20 @@ class Settings(BaseSettings):
     admin_tokens: list[str] = Field(
         default_factory=list, description="bearer tokens for creating, resetting and deleting streams"
     )
+    shutdown_snapshot_timeout_s: float = Field(
+        60.0, gt=0, description="with snapshot_dir: the longest shutdown spends snapshotting streams"
+    )
+    persistence_failure_grace_s: float = Field(
+        300.0, gt=0, description="with snapshot_dir: readiness turns false while snapshots keep failing this long"
+    )
     max_images_per_request: int = Field(256, ge=1)
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
+    request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
+    graceful_shutdown_s: float = Field(
+        30.0, gt=0, description="on SIGTERM, how long in-flight requests may take before they are cut"
+    )
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(5, ge=1, description="labels and probabilities returned per image")
     workers: int = Field(2, ge=1, description="threads running model work off the event loop")
     min_adapt_batch: int = Field(
         16,
@@ -73,8 +99,36 @@ class Settings(BaseSettings):
         "and buffered; the stream adapts once this many have accumulated (BatchNorm-based methods fail "
         "on tiny batches)",
     )
-    torch_threads: int | None = Field(None, ge=1)
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (none: torch's default)")
+    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+    log_format: str = Field(
+        "text", pattern=r"^(text|json)$", description="access and server logs as text or JSON lines"
+    )
     config_file: Path | None = Field(None, description="YAML or TOML file with these settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            unknown = sorted(set(values) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(cls.model_fields)}"
+                )
+        return values
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        if value.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {value!r}: CUDA is not available here (no GPU, or a CPU-only torch build)")
+            index = int(value.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                raise ValueError(f"device {value!r}: only {torch.cuda.device_count()} CUDA device(s)")
+        return value
 
     @field_validator("config_file")
     @classmethod

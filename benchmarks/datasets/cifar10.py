@@ -27,6 +27,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from adapters.atomic import atomic_path
+
 CLASSES: tuple[str, ...] = (
     "airplane",
     "automobile",
@@ -232,9 +234,8 @@ def _check(arrays: ImageArrays, split: Split) -> None:
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+    with atomic_path(path, durable=False) as tmp, tmp.open("wb") as handle:
+        np.save(handle, array)
 
 
 def stratified_holdout(labels: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

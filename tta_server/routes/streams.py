@@ -1,23 +1,25 @@
-"""Streams as resources (``/v1/streams``) and the adapter catalogue (``/v1/adapters``)."""
+"""Streams as resources (``/v1/streams``), the adapter catalogue, memory and persistence reports."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
-from tta_server.errors import ApiError
-from tta_server.snapshots import SnapshotError
-from tta_server.streams import Stream, StreamExistsError, StreamLimitError, StreamManager, UnknownStreamError
+from tta_server.auth import AdminRole, ApiRole
+from tta_server.codec.errors import ApiError
+from tta_server.deps import ManagerDep, ServicesDep, SourceDep
+from tta_server.routes.docs import ERRORS
+from tta_server.streams import STREAM_ID_PATTERN, Stream
 
-router = APIRouter(prefix="/v1", tags=["streams"])
+router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS)
+StreamId = Path(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN, description="the stream id")
 
 
 class StreamCreate(BaseModel):
-    stream_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    stream_id: str = Field(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN)
     adapter: str | None = Field(None, description="registered adapter name (default: the server's default)")
     config: dict[str, Any] = Field(default_factory=dict, description="the adapter's config (see /v1/adapters)")
 
@@ -27,45 +29,39 @@ class StreamInfo(BaseModel):
     adapter: str
     config: dict[str, Any]
     steps: int
-    state_bytes: int
+    state_bytes: int = Field(description="per-stream tensors plus buffered images")
     signals: dict[str, float] = Field(description="the adapter's last diagnostics (entropy, confidence, ...)")
     created_at: float
     last_used_at: float
     buffered_images: int = Field(description="small-request images waiting for min_adapt_batch")
 
 
+class SnapshotInfo(BaseModel):
+    stream_id: str
+    path: str
+    steps: int
+
+
 def _info(stream: Stream) -> StreamInfo:
-    adapter = stream.adapter
+    adapter = stream.online.adapter
     return StreamInfo(
         stream_id=stream.stream_id,
         adapter=adapter.name,
         config=adapter.config.model_dump(mode="json"),
         steps=adapter.steps,
-        state_bytes=adapter.state_bytes(),
+        state_bytes=stream.online.state_bytes(),
         signals=adapter.diagnostics(),
         created_at=stream.created_at,
         last_used_at=stream.last_used_at,
-        buffered_images=sum(p.shape[0] for p in stream.pending),
+        buffered_images=stream.online.buffered_images,
     )
 
 
-def _streams(request: Request) -> StreamManager:
-    manager: StreamManager = request.app.state.streams
-    return manager
-
-
-def _known(request: Request, stream_id: str) -> Stream:
-    try:
-        return _streams(request).get(stream_id)
-    except UnknownStreamError:
-        raise ApiError(404, "unknown_stream", f"no stream {stream_id!r}; create it with POST /v1/streams") from None
-
-
 @router.get("/adapters")
-async def adapters(request: Request) -> list[dict[str, Any]]:
+async def adapters(source: SourceDep, _: ApiRole) -> list[dict[str, Any]]:
     """Every registered adapter: its paper, config JSON schema and the source artefacts its
     default config needs (and whether this model has them)."""
-    store = ArtefactStore(request.app.state.source)
+    store = ArtefactStore(source)
     out = []
     for name in list_adapters():
         cls = get_adapter_class(name)
@@ -82,70 +78,59 @@ async def adapters(request: Request) -> list[dict[str, Any]]:
 
 
 @router.post("/streams", status_code=201)
-async def create_stream(request: Request, body: StreamCreate) -> StreamInfo:
-    manager = _streams(request)
+async def create_stream(body: StreamCreate, manager: ManagerDep, _: AdminRole) -> StreamInfo:
     adapter = body.adapter or manager.default_adapter
     if adapter not in list_adapters():
         raise ApiError(422, "unknown_adapter", f"unknown adapter {adapter!r}; registered: {', '.join(list_adapters())}")
-    try:
-        stream = manager.create(body.stream_id, adapter, body.config)
-    except StreamExistsError as exc:
-        raise ApiError(409, "stream_exists", str(exc)) from exc
-    except StreamLimitError as exc:
-        raise ApiError(503, "stream_limit", str(exc), headers={"Retry-After": "30"}) from exc
-    return _info(stream)
+    return _info(manager.create(body.stream_id, adapter, body.config))
 
 
 @router.get("/memory")
-async def memory(request: Request) -> dict[str, Any]:
+async def memory(manager: ManagerDep, _: ApiRole) -> dict[str, Any]:
     """Memory budget use: stream states, working memory of running steps, per-adapter estimates."""
-    return _streams(request).memory_report()
+    return manager.memory_report()
+
+
+@router.get("/persistence")
+async def persistence(services: ServicesDep, _: ApiRole) -> dict[str, Any]:
+    """Snapshot store health: quarantined files with their reasons, failures by kind, diverged steps."""
+    report: dict[str, Any] = services.persistence.report() if services.persistence else {"directory": None}
+    report["diverged_steps"] = services.streams.counters["diverged_steps"]
+    return report
 
 
 @router.get("/streams")
-async def list_streams(request: Request) -> list[StreamInfo]:
-    return [_info(stream) for stream in list(_streams(request).streams.values())]
+async def list_streams(manager: ManagerDep, _: ApiRole) -> list[StreamInfo]:
+    """Streams held in memory (spilled streams are counted in /v1/memory and wake on use)."""
+    return [_info(stream) for stream in list(manager.streams.values())]
 
 
 @router.get("/streams/{stream_id}")
-async def get_stream(request: Request, stream_id: str) -> StreamInfo:
-    return _info(_known(request, stream_id))
+async def get_stream(manager: ManagerDep, _: ApiRole, stream_id: str = StreamId) -> StreamInfo:
+    return _info(manager.get(stream_id))
 
 
 @router.post("/streams/{stream_id}/reset")
-async def reset_stream(request: Request, stream_id: str) -> StreamInfo:
-    _known(request, stream_id)
-    return _info(await _streams(request).reset(stream_id))
+async def reset_stream(request: Request, manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
+    request.state.stream_id = stream_id
+    return _info(await manager.reset(stream_id))
 
 
 @router.delete("/streams/{stream_id}", status_code=204)
-async def delete_stream(request: Request, stream_id: str) -> None:
-    _known(request, stream_id)
-    await _streams(request).delete(stream_id)
-
-
-def _snapshot_dir(request: Request) -> Path:
-    directory: Path | None = request.app.state.settings.snapshot_dir
-    if directory is None:
-        raise ApiError(409, "snapshots_disabled", "set snapshot_dir (TTA_SNAPSHOT_DIR) to snapshot streams")
-    return directory
+async def delete_stream(request: Request, manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> None:
+    """Forget the stream and delete its snapshot (it does not come back after a restart)."""
+    request.state.stream_id = stream_id
+    await manager.delete(stream_id)
 
 
 @router.post("/streams/{stream_id}/snapshot")
-async def snapshot_stream(request: Request, stream_id: str) -> dict[str, Any]:
-    """Write the stream's state atomically to ``<snapshot_dir>/<stream id>.safetensors``."""
-    directory = _snapshot_dir(request)
-    stream = _known(request, stream_id)
-    path = await _streams(request).snapshot(stream_id, directory)
-    return {"stream_id": stream_id, "path": str(path), "steps": stream.adapter.steps}
+async def snapshot_stream(manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> SnapshotInfo:
+    """Write the stream's state atomically to the snapshot store."""
+    path = await manager.snapshot(stream_id)
+    return SnapshotInfo(stream_id=stream_id, path=str(path), steps=manager.get(stream_id).online.steps)
 
 
 @router.post("/streams/{stream_id}/restore")
-async def restore_stream(request: Request, stream_id: str) -> StreamInfo:
+async def restore_stream(manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
     """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
-    directory = _snapshot_dir(request)
-    try:
-        stream = await _streams(request).restore(stream_id, directory)
-    except SnapshotError as exc:
-        raise ApiError(404 if "no snapshot" in str(exc) else 409, "snapshot_error", str(exc)) from exc
-    return _info(stream)
+    return _info(await manager.restore(stream_id))

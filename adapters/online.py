@@ -1,0 +1,134 @@
+"""One stream's online adaptation: an adapter, the small-request buffer and a divergence guard.
+
+BatchNorm-based methods fail on tiny batches, and serving traffic often comes one image at a
+time. :class:`OnlineStream` is the policy both the server and the offline replay use:
+
+* a batch of at least ``min_adapt_batch`` images is predicted and adapted on at once;
+* a smaller one is predicted together with the stream's most recent images (so batch statistics
+  come from a real batch; the frozen source model answers until the stream has seen enough
+  images) and buffered; the buffer is adapted on as one batch once it holds enough images.
+
+A step whose logits or updated per-stream tensors are not finite is undone: the stream returns to
+its state before the step (buffer included) and :class:`DivergenceError` says so. The buffer is
+part of the stream's state (``state_dict``), so a snapshot continues exactly where it stopped.
+
+Example::
+
+    stream = OnlineStream(create_adapter("tent", source), min_adapt_batch=16, frozen=get_frozen_forward(source))
+    logits = stream.step(batch)     # (N, C) on the CPU
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adapters.base import Adapter
+from adapters.errors import AdapterError
+
+BUFFER_PREFIX = "buffer."
+
+
+class DivergenceError(AdapterError):
+    """A step produced non-finite values; the stream was put back to its state before the step."""
+
+
+class OnlineStream:
+    def __init__(self, adapter: Adapter, min_adapt_batch: int = 1, frozen: Callable[[Tensor], Tensor] | None = None):
+        if min_adapt_batch < 1:
+            raise ValueError(f"min_adapt_batch must be >= 1, got {min_adapt_batch}")
+        if min_adapt_batch > 1 and frozen is None:
+            raise ValueError("min_adapt_batch > 1 needs the frozen forward that answers before enough context")
+        self.adapter = adapter
+        self.min_adapt_batch = min_adapt_batch
+        self.frozen = frozen
+        self.device = next(adapter.source.module.parameters()).device
+        shape = (0, *adapter.source.input_shape)
+        self.recent = torch.empty(shape, device=self.device)  # the last images: batch-statistics context
+        self.pending = torch.empty(shape, device=self.device)  # small-request images not yet adapted on
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    @property
+    def steps(self) -> int:
+        return self.adapter.steps
+
+    @property
+    def buffered_images(self) -> int:
+        return int(self.pending.shape[0])
+
+    def step_images(self, images: int) -> int:
+        """The most images one :meth:`step` of ``images`` images runs the model on at once."""
+        if images >= self.min_adapt_batch:
+            return images
+        return max(images + self.min_adapt_batch, self.buffered_images + images)
+
+    def step(self, batch: Tensor) -> Tensor:
+        """Logits (on the CPU) for ``batch``, adapting now or once enough images are buffered."""
+        self.adapter.validate(batch)  # before any buffering, so a bad batch leaves the stream untouched
+        batch = batch.to(self.device)
+        before = self.state_dict()
+        try:
+            logits = self._step(batch)
+            if not bool(torch.isfinite(logits).all()) or not self.adapter.state_is_finite():
+                raise DivergenceError(
+                    f"stream diverged: adapter {self.name!r} produced non-finite values; the step was undone "
+                    "(lower the learning rate, or reset the stream)"
+                )
+        except BaseException:
+            self.load_state_dict(before)
+            raise
+        return logits.cpu()
+
+    def _step(self, batch: Tensor) -> Tensor:
+        adapter, n = self.adapter, batch.shape[0]
+        if n >= self.min_adapt_batch:
+            logits = adapter.forward_and_adapt(batch)
+            self.recent = batch[-self.min_adapt_batch :]
+            return logits
+        assert self.frozen is not None
+        context = torch.cat([self.recent, batch])
+        enough_context = context.shape[0] >= self.min_adapt_batch
+        logits = adapter.predict(context)[-n:] if enough_context else self.frozen(batch)
+        self.recent = context[-self.min_adapt_batch :]
+        self.pending = torch.cat([self.pending, batch])
+        if self.pending.shape[0] >= self.min_adapt_batch:
+            adapter.forward_and_adapt(self.pending)
+            self.pending = self.pending[:0]
+        return logits
+
+    def reset(self) -> None:
+        """Back to the source, buffer emptied."""
+        self.adapter.reset()
+        self.recent, self.pending = self.recent[:0], self.pending[:0]
+
+    def state_bytes(self) -> int:
+        """The adapter's per-stream tensors plus the buffered images."""
+        buffers = sum(t.numel() * t.element_size() for t in (self.recent, self.pending))
+        return self.adapter.state_bytes() + buffers
+
+    def state_dict(self) -> dict[str, Any]:
+        """The adapter's state with the buffer's tensors under ``buffer.*`` names."""
+        state = self.adapter.state_dict()
+        state["tensors"][f"{BUFFER_PREFIX}recent"] = self.recent.clone()
+        state["tensors"][f"{BUFFER_PREFIX}pending"] = self.pending.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        tensors = dict(state["tensors"])
+        shape = tuple(self.adapter.source.input_shape)
+        buffers = {}
+        for key in ("recent", "pending"):
+            value = tensors.pop(f"{BUFFER_PREFIX}{key}", None)
+            if value is None:
+                value = torch.empty((0, *shape))
+            if value.dim() != 4 or tuple(value.shape[1:]) != shape:
+                raise AdapterError(f"buffer {key!r} has shape {tuple(value.shape)}, expected (N, {shape})")
+            buffers[key] = value.to(self.device, torch.float32)
+        self.adapter.load_state_dict({**state, "tensors": tensors})
+        self.recent, self.pending = buffers["recent"], buffers["pending"]

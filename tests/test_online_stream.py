@@ -1,0 +1,75 @@
+"""The small-request policy and divergence guard of ``adapters.online.OnlineStream``, without HTTP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters import InputError, SourceModel, create_adapter, get_frozen_forward
+from adapters.online import DivergenceError, OnlineStream
+from tests.conftest import image_batch
+
+
+def online(source: SourceModel, config: dict[str, object] | None = None) -> OnlineStream:
+    return OnlineStream(create_adapter("tent", source, config), 4, get_frozen_forward(source, "torch"))
+
+
+def test_a_bad_small_batch_leaves_the_stream_untouched(tiny_source: SourceModel) -> None:
+    stream = online(tiny_source)
+    stream.step(image_batch(3))
+    recent = stream.recent
+    with pytest.raises(InputError, match="expected shape"):
+        stream.step(torch.rand(2, 3, 16, 16))
+    assert stream.recent is recent and stream.buffered_images == 3 and stream.steps == 0
+
+
+def test_small_batches_use_the_source_until_context_then_adapt(tiny_source: SourceModel) -> None:
+    stream = online(tiny_source)
+    frozen = get_frozen_forward(tiny_source, "torch")
+    first = image_batch(2, seed=1)
+    torch.testing.assert_close(stream.step(first), frozen(first))
+    second = image_batch(2, seed=2)
+    context = torch.cat([first, second])
+    expected = create_adapter("tent", tiny_source).predict(context)[-2:]
+    torch.testing.assert_close(stream.step(second), expected)
+    assert stream.steps == 1 and stream.buffered_images == 0  # 4 buffered images: one update
+
+
+def test_the_buffer_is_part_of_the_state(tiny_source: SourceModel) -> None:
+    """A stream restored mid-buffer answers exactly as the uninterrupted one."""
+    batches = [image_batch(3, seed=s) for s in range(6)]
+    uninterrupted, interrupted = online(tiny_source), online(tiny_source)
+    for batch in batches[:3]:
+        uninterrupted.step(batch)
+        interrupted.step(batch)
+    state = interrupted.state_dict()
+    assert state["tensors"]["buffer.pending"].shape[0] == interrupted.buffered_images > 0
+    resumed = online(tiny_source)
+    resumed.load_state_dict(state)
+    for batch in batches[3:]:
+        assert torch.equal(uninterrupted.step(batch), resumed.step(batch))
+    assert resumed.state_bytes() == uninterrupted.state_bytes() > create_adapter("tent", tiny_source).state_bytes()
+
+
+def test_a_diverging_step_is_undone(tiny_source: SourceModel) -> None:
+    stream = online(tiny_source)
+    stream.step(image_batch(8, seed=1))
+    stream.step(image_batch(2, seed=3))  # something in the buffer too
+    before = stream.state_dict()
+    update = stream.adapter._forward_and_adapt
+
+    def diverging(x: torch.Tensor) -> torch.Tensor:  # an update that blows the parameters up
+        logits = update(x)
+        with torch.no_grad():
+            next(iter(stream.adapter._state_tensors().values())).fill_(float("nan"))
+        return logits
+
+    stream.adapter._forward_and_adapt = diverging  # type: ignore[method-assign]
+    with pytest.raises(DivergenceError, match="undone"):
+        stream.step(image_batch(8, seed=2))
+    after = stream.state_dict()
+    assert after["steps"] == before["steps"] == 1 and stream.adapter.state_is_finite()
+    assert after["tensors"].keys() == before["tensors"].keys()
+    for key, value in before["tensors"].items():
+        assert torch.equal(after["tensors"][key], value), key
+    assert torch.equal(after["generator"], before["generator"])

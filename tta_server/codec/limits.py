@@ -1,0 +1,61 @@
+"""Body limits enforced while the body streams in (ASGI middleware), before any route buffers it.
+
+A declared ``Content-Length`` over ``max_bytes`` is refused at once; a chunked body is counted as
+it arrives and refused as soon as it passes the limit, so one request never holds more than
+``max_bytes`` (plus one chunk). A body that stalls for ``read_timeout_s`` between chunks is
+refused with 408, so a slow upload cannot hold a worker or a graceful shutdown without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tta_server.codec.errors import ApiError
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, error_body: Any) -> None:
+        self.app, self.max_bytes, self.read_timeout_s, self.error_body = app, max_bytes, read_timeout_s, error_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                await self._refuse(scope, send, 400, "invalid_request", "Content-Length must be a decimal integer")
+                return
+            if int(declared) > self.max_bytes:
+                message = f"request is {int(declared)} bytes; max_request_bytes={self.max_bytes}"
+                await self._refuse(scope, send, 413, "request_too_large", message)
+                return
+        received, complete = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body: waiting for a disconnect is not a stalled upload
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+            except TimeoutError:
+                raise ApiError(408, "request_timeout", f"no body data for {self.read_timeout_s} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise ApiError(413, "request_too_large", f"body exceeds max_request_bytes={self.max_bytes}")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+        body = json.dumps(self.error_body(scope["path"], code, message)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers.append((b"connection", b"close"))  # the unread body must not be parsed as the next request
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

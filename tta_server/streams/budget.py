@@ -1,0 +1,120 @@
+"""The memory budget's arithmetic: reservations for running steps and per-adapter estimates.
+
+Stream states plus the working memory of running and starting steps must fit
+``budget_bytes``. A step reserves its estimate before it runs (``reserve``), waiting while other
+running steps hold what is missing and failing with :class:`MemoryBudgetError` once nothing can
+free it in time; the manager's ``make_room`` spills idle streams to get there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from adapters import Adapter, SourceModel
+from adapters.memory import WorkingMemory, measure_working_memory
+from tta_server.streams.errors import MemoryBudgetError
+
+logger = logging.getLogger(__name__)
+
+
+def working_key(adapter: Adapter) -> str:
+    return f"{adapter.name} {adapter.config.model_dump_json()}"
+
+
+class MemoryBudget:
+    def __init__(self, budget_bytes: int | None, wait_s: float, largest_step: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.wait_s = wait_s
+        self.in_flight_bytes = 0
+        self._freed = asyncio.Condition()
+        self._measuring = asyncio.Lock()
+        # per adapter + config: (adapter name, config, estimate), measured on first use
+        self.estimates: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
+        # working memory is measured at a small step and at the largest step the server runs
+        small = max(2, min(8, largest_step // 2))
+        self.calibration_sizes = (small, max(largest_step, small + 1))
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget_bytes is not None
+
+    def check(self, used_bytes: int, extra_bytes: int) -> None:
+        """Raise if ``used_bytes`` (stream states) plus ``extra_bytes`` exceed the budget."""
+        if self.budget_bytes is not None and used_bytes + extra_bytes > self.budget_bytes:
+            raise MemoryBudgetError(
+                f"memory_budget_bytes={self.budget_bytes} reached: stream states {used_bytes} B + working "
+                f"memory and new state {extra_bytes} B, and no idle stream is left to spill"
+            )
+
+    def bytes_for(self, adapter: Adapter, images: int) -> int:
+        """The measured estimate of a step of ``images`` images (0 if not measured yet)."""
+        entry = self.estimates.get(working_key(adapter))
+        return entry[2].bytes_for(images) if entry else 0
+
+    async def estimate(self, adapter: Adapter, source: SourceModel, run: Callable[..., Any]) -> WorkingMemory:
+        """The adapter's estimate, measured on first use per adapter and config with the torch
+        profiler on a throw-away adapter. The profiler sees the whole process, so it runs while no
+        step is in flight (new steps wait for it); ``run`` executes it off the event loop."""
+        key = working_key(adapter)
+        if key not in self.estimates:
+            async with self._measuring:
+                if key not in self.estimates:
+                    async with self._freed:
+                        await self._freed.wait_for(lambda: self.in_flight_bytes == 0)
+                        await run(self.measure, adapter, source)
+        return self.estimates[key][2]
+
+    def measure(self, adapter: Adapter, source: SourceModel) -> WorkingMemory:
+        """Measure now, in the calling thread (at start-up, before serving: the main thread)."""
+        config = adapter.config.model_dump(mode="json")
+        started = time.perf_counter()
+        estimate = measure_working_memory(adapter.name, source, config, self.calibration_sizes)
+        logger.info(
+            "working memory of %s: %d B at %d images, %d B at %d images (measured in %.1f s)",
+            adapter.name,
+            estimate.small_bytes,
+            estimate.small_images,
+            estimate.large_bytes,
+            estimate.large_images,
+            time.perf_counter() - started,
+        )
+        self.estimates[working_key(adapter)] = (adapter.name, config, estimate)
+        return estimate
+
+    async def reserve(self, need: int, make_room: Callable[[int], None]) -> None:
+        """Hold ``need`` bytes; ``make_room(extra)`` spills or raises :class:`MemoryBudgetError`."""
+        if not self.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        async with self._freed:
+            while True:
+                try:
+                    make_room(self.in_flight_bytes + need)
+                    break
+                except MemoryBudgetError:
+                    remaining = deadline - loop.time()
+                    if self.in_flight_bytes == 0 or remaining <= 0:
+                        raise  # nothing will free memory in time
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), remaining)
+            self.in_flight_bytes += need
+
+    async def release(self, need: int) -> None:
+        if not self.enabled:
+            return
+        async with self._freed:
+            self.in_flight_bytes -= need
+            self._freed.notify_all()
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
+            {"adapter": name, "config": config, **dataclasses.asdict(est), "per_image_bytes": est.per_image_bytes}
+            for name, config, est in self.estimates.values()
+        ]

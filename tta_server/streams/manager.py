@@ -1,0 +1,298 @@
+"""The stream manager: the one public API routes use to create, step, reset and delete streams.
+
+Each stream's work runs on a thread pool, one piece at a time per stream, in arrival order. With a
+memory budget, idle streams are spilled (least recently used first) to the snapshot store and
+woken, exactly as they were, by their next request. Persistence (periodic snapshots, shutdown,
+idle expiry, start-up restore) lives in :mod:`tta_server.streams.persistence`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch import Tensor
+
+from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
+from adapters.online import DivergenceError, OnlineStream
+from tta_server.streams.batching import enqueue
+from tta_server.streams.budget import MemoryBudget
+from tta_server.streams.errors import (
+    MemoryBudgetError,
+    SnapshotError,
+    SnapshotsDisabledError,
+    StreamExistsError,
+    StreamLimitError,
+    UnknownStreamError,
+)
+from tta_server.streams.ids import validate_stream_id
+from tta_server.streams.store import SnapshotStore
+from tta_server.streams.stream import StepResult, Stream
+
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+class StreamManager:
+    """Creates streams (explicitly, or on first use with the default adapter) and runs their steps."""
+
+    def __init__(
+        self,
+        source: SourceModel,
+        default_adapter: str,
+        default_config: dict[str, Any],
+        workers: int,
+        min_adapt_batch: int = 1,
+        max_streams: int = 1024,
+        max_batch_size: int = 256,
+        max_delay_ms: float = 0.0,
+        memory_budget_bytes: int | None = None,
+        store: SnapshotStore | None = None,
+        memory_wait_s: float = 30.0,
+        largest_step: int = 256,
+        auto_create: bool = True,
+    ) -> None:
+        if memory_budget_bytes is not None and store is None:
+            raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
+        self.source = source
+        self.default_adapter = default_adapter
+        self.default_config = default_config
+        self.min_adapt_batch = min_adapt_batch
+        self.max_streams = max_streams
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_ms / 1000
+        self.auto_create = auto_create
+        self.store = store
+        self.budget = MemoryBudget(memory_budget_bytes, memory_wait_s, largest_step)
+        self.frozen = get_frozen_forward(source)
+        self.streams: dict[str, Stream] = {}
+        self.spilled: set[str] = set()  # streams whose latest state is only in the store
+        self.counters: Counter[str] = Counter()  # diverged steps, spill and snapshot failures, ...
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tta-model")
+        # Fail at start-up, not on the first request, if the default adapter cannot be built.
+        create_adapter(default_adapter, source, default_config)
+
+    # -- lookup and creation ----------------------------------------------------------------------
+    def known(self, stream_id: str) -> bool:
+        return stream_id in self.streams or stream_id in self.spilled
+
+    def get(self, stream_id: str) -> Stream:
+        """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none."""
+        validate_stream_id(stream_id)
+        stream = self.streams.get(stream_id)
+        if stream is None and stream_id in self.spilled:
+            stream = self._wake(stream_id)
+        if stream is None:
+            raise UnknownStreamError(stream_id)
+        return stream
+
+    def get_or_create(self, stream_id: str) -> Stream:
+        if self.known(stream_id) or not self.auto_create:
+            return self.get(stream_id)
+        return self.create(stream_id, self.default_adapter, self.default_config)
+
+    def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
+        """A new stream with its own adapter; the adapter and config are validated here."""
+        validate_stream_id(stream_id)
+        if self.known(stream_id):
+            raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
+        if len(self.streams) >= self.max_streams:
+            raise StreamLimitError(f"max_streams={self.max_streams} reached")
+        online = OnlineStream(create_adapter(adapter, self.source, config), self.min_adapt_batch, self.frozen)
+        # a new stream's state counts before it is held, so the budget is never exceeded
+        self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())
+        stream = self.streams[stream_id] = Stream(stream_id, online)
+        return stream
+
+    def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
+        stream = self.create(stream_id, state["adapter"], state["config"])
+        try:
+            stream.online.load_state_dict(state)
+        except (AdapterError, ValueError, KeyError) as exc:
+            self.streams.pop(stream_id, None)
+            raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit this server: {exc}") from exc
+        return stream
+
+    def _wake(self, stream_id: str) -> Stream:
+        """Bring a spilled stream back from its snapshot, exactly as it was."""
+        assert self.store is not None
+        try:
+            state = self.store.read(stream_id)
+        except SnapshotError:
+            self.spilled.discard(stream_id)  # damaged (quarantined) or gone: the stream is lost
+            raise
+        self.spilled.discard(stream_id)
+        try:
+            stream = self.create_from_state(stream_id, state)
+        except (StreamLimitError, AdapterError):
+            self.spilled.add(stream_id)  # no room now; it stays in the store
+            raise
+        stream.saved_version = stream.version
+        return stream
+
+    # -- the memory budget ------------------------------------------------------------------------
+    def state_total(self) -> int:
+        return sum(stream.online.state_bytes() for stream in self.streams.values())
+
+    def make_room(self, keep: str | None, extra_bytes: int = 0) -> None:
+        """Spill the least recently used idle streams until states plus ``extra_bytes`` fit the budget;
+        a stream that cannot be written stays and the next one is tried."""
+        if not self.budget.enabled:
+            return
+        assert self.store is not None and self.budget.budget_bytes is not None
+        total = self.state_total() + extra_bytes
+        idle = sorted(
+            (s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.last_used_at
+        )
+        for stream in idle:
+            if total <= self.budget.budget_bytes:
+                break
+            if self.spill(stream):
+                total -= stream.online.state_bytes()
+        self.budget.check(self.state_total(), extra_bytes)
+
+    def spill(self, stream: Stream) -> bool:
+        """Move an idle stream to the store; False (logged, counted) if it cannot be written."""
+        assert self.store is not None
+        try:
+            if stream.saved_version != stream.version:
+                self.store.write(stream.stream_id, stream.online.state_dict())
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.counters["spill_failures"] += 1
+            logger.error("stream %s: spill failed, kept in memory: %s", stream.stream_id, exc)
+            return False
+        self.streams.pop(stream.stream_id, None)
+        self.spilled.add(stream.stream_id)
+        return True
+
+    # -- work on a stream -------------------------------------------------------------------------
+    async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:
+        """Run ``fn`` on the pool after the stream's earlier work; ``images`` > 0 marks an adaptation
+        step of that many images, whose working memory (plus the undo copy) is reserved first."""
+        async with stream.lock:
+            if stream.deleted:
+                raise UnknownStreamError(stream.stream_id)
+            stream.last_used_at = time.time()
+            need = 0
+            if images and self.budget.enabled:
+                estimate = await self.budget.estimate(stream.online.adapter, self.source, self.in_executor)
+                need = estimate.bytes_for(stream.online.step_images(images)) + stream.online.state_bytes()
+            await self.budget.reserve(need, lambda extra: self.make_room(stream.stream_id, extra))
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, stream)
+            finally:
+                await self.budget.release(need)
+
+    async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def step(self, stream_id: str, batch: Tensor) -> StepResult:
+        """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
+
+        With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
+        stream = self.get_or_create(stream_id)
+        if self.max_delay_s <= 0:
+            return await self._step(stream, batch)
+        stream.online.adapter.validate(batch)  # a bad request fails alone, not the group it would join
+        return await enqueue(stream, batch, self.max_delay_s, self.max_batch_size, self._step)
+
+    async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
+        def work(s: Stream) -> StepResult:
+            try:
+                logits = s.online.step(batch)
+            finally:
+                s.version += 1  # a diverged step is undone, but a snapshot pass may rewrite it harmlessly
+            return logits, s.online.steps, s.online.name
+
+        try:
+            result = await self.run(stream, work, images=batch.shape[0])
+        except DivergenceError:
+            self.counters["diverged_steps"] += 1
+            logger.warning("stream %s: diverged step undone", stream.stream_id)
+            raise
+        # the state may have grown (optimizer moments): make room now for the next step of this size
+        online = stream.online
+        headroom = self.budget.bytes_for(online.adapter, online.step_images(batch.shape[0])) + online.state_bytes()
+        with contextlib.suppress(MemoryBudgetError):  # the answer is computed; the next step waits or is refused
+            self.make_room(keep=stream.stream_id, extra_bytes=self.budget.in_flight_bytes + headroom)
+        return result
+
+    async def reset(self, stream_id: str) -> Stream:
+        """Back to the source, after the stream's in-flight requests (same FIFO lock)."""
+
+        def work(stream: Stream) -> Stream:
+            stream.online.reset()
+            stream.version += 1
+            return stream
+
+        return await self.run(self.get(stream_id), work)
+
+    async def delete(self, stream_id: str) -> None:
+        """Forget the stream and its snapshot, after its in-flight requests."""
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            if stream_id not in self.spilled:
+                raise UnknownStreamError(stream_id)
+            self.spilled.discard(stream_id)
+        else:
+            async with stream.lock:
+                stream.deleted = True
+                self.streams.pop(stream_id, None)
+        if self.store is not None:
+            self.store.delete(stream_id)
+
+    async def snapshot(self, stream_id: str) -> Path:
+        """Write the stream's state to the store after its in-flight requests."""
+        if self.store is None:
+            raise SnapshotsDisabledError("snapshots are off: set snapshot_dir (TTA_SNAPSHOT_DIR)")
+        store = self.store
+        if stream_id in self.spilled:
+            return store.path(stream_id)
+
+        def work(stream: Stream) -> Path:
+            version = stream.version
+            path = store.write(stream_id, stream.online.state_dict())
+            stream.saved_version = version
+            return path
+
+        return await self.run(self.get(stream_id), work)
+
+    async def restore(self, stream_id: str) -> Stream:
+        """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
+        if self.store is None:
+            raise SnapshotsDisabledError("snapshots are off: set snapshot_dir (TTA_SNAPSHOT_DIR)")
+        state = self.store.read(stream_id)
+        if stream_id not in self.streams:
+            self.spilled.discard(stream_id)
+            return self.create_from_state(stream_id, state)
+
+        def work(stream: Stream) -> Stream:
+            try:
+                stream.online.load_state_dict(state)
+            except (AdapterError, ValueError, KeyError) as exc:
+                raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit the stream: {exc}") from exc
+            stream.version += 1
+            return stream
+
+        return await self.run(self.streams[stream_id], work)
+
+    def memory_report(self) -> dict[str, Any]:
+        """The budget, what holds it now, and the working-memory estimates measured so far."""
+        return {
+            "budget_bytes": self.budget.budget_bytes,
+            "state_bytes": self.state_total(),
+            "in_flight_bytes": self.budget.in_flight_bytes,
+            "streams_in_memory": len(self.streams),
+            "streams_spilled": len(self.spilled),
+            "working_memory": self.budget.report(),
+        }
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,138 @@
+"""Persistence that never dies quietly: start-up restore, periodic snapshots, idle expiry, shutdown.
+
+Every failure is logged with the stream id and the reason, counted, and retried on the next pass;
+one bad stream never blocks the others. While writes keep failing for longer than
+``failure_grace_s``, :meth:`Persistence.healthy` turns false and readiness with it (Kubernetes
+then stops routing new traffic to this replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from adapters import get_adapter_class
+from tta_server.streams.errors import UnknownStreamError
+from tta_server.streams.manager import StreamManager
+from tta_server.streams.store import SnapshotStore
+
+logger = logging.getLogger(__name__)
+
+
+class Persistence:
+    def __init__(self, manager: StreamManager, store: SnapshotStore, failure_grace_s: float = 300.0) -> None:
+        self.manager = manager
+        self.store = store
+        self.failure_grace_s = failure_grace_s
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+
+    def healthy(self) -> bool:
+        return self.failing_since is None or time.time() - self.failing_since < self.failure_grace_s
+
+    def _failed(self, stream_id: str, what: str, exc: BaseException) -> None:
+        self.manager.counters[f"{what}_failures"] += 1
+        self.last_error = f"{what} of stream {stream_id!r}: {exc}"
+        self.failing_since = self.failing_since or time.time()
+        logger.error("stream %s: %s failed: %s", stream_id, what, exc)
+
+    def restore_all(self) -> list[str]:
+        """At start-up: every valid snapshot becomes a spilled stream, woken by its first request.
+        Snapshots of another model or of an unknown adapter or config are quarantined."""
+        model_id = self.manager.source.model_id
+
+        def reject(state: dict[str, Any]) -> str | None:
+            if state["model_id"] != model_id:
+                return f"snapshot of model {state['model_id']!r}; this server serves {model_id!r}"
+            try:
+                get_adapter_class(state["adapter"]).parse_config(state["config"])
+            except Exception as exc:  # unknown adapter or invalid config: the file cannot be used here
+                return f"adapter {state['adapter']!r} with its config cannot be built: {exc}"
+            return None
+
+        found = [s for s in self.store.scan(reject) if s not in self.manager.streams]
+        self.manager.spilled.update(found)
+        return found
+
+    async def snapshot_changed(self) -> tuple[int, int]:
+        """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
+        written = failed = 0
+        for stream_id, stream in list(self.manager.streams.items()):
+            if stream.version == stream.saved_version or stream.deleted:
+                continue
+            try:
+                await self.manager.snapshot(stream_id)
+                written += 1
+            except UnknownStreamError:
+                continue  # deleted while the pass ran: nothing to keep
+            except Exception as exc:  # an unwritable file or directory, a full disk, ...
+                self._failed(stream_id, "snapshot", exc)
+                failed += 1
+        if not failed:
+            self.failing_since, self.last_success_at = None, time.time()
+        return written, failed
+
+    async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
+        """At shutdown: snapshot every changed stream within ``timeout_s``; returns the failures."""
+        failures: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        for stream_id, stream in list(self.manager.streams.items()):
+            if stream.version == stream.saved_version:
+                continue
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError(f"shutdown_snapshot_timeout_s={timeout_s} reached")
+                await asyncio.wait_for(self.manager.snapshot(stream_id), remaining)
+            except UnknownStreamError:
+                continue
+            except Exception as exc:
+                failures[stream_id] = str(exc) or type(exc).__name__
+                self._failed(stream_id, "snapshot", exc)
+        if failures:
+            logger.error("shutdown: %d stream(s) not snapshotted: %s", len(failures), ", ".join(sorted(failures)))
+        return failures
+
+    def expire_idle(self, idle_s: float) -> list[str]:
+        """Streams unused for ``idle_s`` leave memory, to the store (they wake on their next request)."""
+        now, expired = time.time(), []
+        for stream in list(self.manager.streams.values()):
+            if now - stream.last_used_at >= idle_s and not stream.busy and self.manager.spill(stream):
+                expired.append(stream.stream_id)
+        return expired
+
+    def report(self) -> dict[str, Any]:
+        return {
+            **self.store.report(),
+            "healthy": self.healthy(),
+            "failing_since": self.failing_since,
+            "last_error": self.last_error,
+            "last_success_at": self.last_success_at,
+            "failures": {k: v for k, v in self.manager.counters.items() if k.endswith("_failures")},
+        }
+
+
+def expire_unpersisted(manager: StreamManager, idle_s: float) -> list[str]:
+    """Without a store, idle streams are dropped."""
+    now, expired = time.time(), []
+    for stream in list(manager.streams.values()):
+        if now - stream.last_used_at >= idle_s and not stream.busy:
+            manager.streams.pop(stream.stream_id, None)
+            expired.append(stream.stream_id)
+    return expired
+
+
+async def run_forever(name: str, interval_s: float, work: Callable[[], Awaitable[object] | object]) -> None:
+    """Call ``work`` every ``interval_s`` until cancelled; an exception is logged, never fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            result = work()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:  # the loop must outlive any single failure
+            logger.exception("background task %s failed; retrying in %.1f s", name, interval_s)

@@ -1,0 +1,169 @@
+"""The snapshot store: stream ids -> files in one directory, written atomically, verified on read.
+
+* File names are ``<sha256(stream id)[:32]>.safetensors``: they never escape the directory and
+  never coincide for distinct ids (nor on case-insensitive file systems); the id itself is
+  recorded in the file and checked on read.
+* Writes go through :func:`adapters.atomic.atomic_path` (temporary file, fsync, rename, fsync
+  of the directory).
+* Every file carries a SHA-256 of its tensors and metadata; a file that is unreadable, fails its
+  checksum, holds non-finite tensors or names another stream is moved to ``quarantine/`` with a
+  ``.reason.txt`` beside it, logged and counted (``report()``), and never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adapters import AdapterError
+from adapters.atomic import atomic_path, atomic_write_text
+from adapters.source_model import state_sha256
+from adapters.state_io import decode_state, encode_state
+from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
+from tta_server.streams.ids import validate_stream_id
+
+logger = logging.getLogger(__name__)
+SUFFIX = ".safetensors"
+QUARANTINE = "quarantine"
+FILE_FORMAT = "tta-stream-snapshot/2"
+
+
+@dataclass(frozen=True)
+class QuarantinedFile:
+    file: str
+    reason: str
+    at: float
+
+
+def file_name(stream_id: str) -> str:
+    return hashlib.sha256(stream_id.encode()).hexdigest()[:32] + SUFFIX
+
+
+def _checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    described = json.dumps({k: v for k, v in metadata.items() if k != "checksum"}, sort_keys=True)
+    return hashlib.sha256(f"{state_sha256(tensors)}\n{described}".encode()).hexdigest()
+
+
+class SnapshotStore:
+    """One directory of stream snapshots (a local or a shared, ReadWriteMany, volume)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.quarantined: list[QuarantinedFile] = []
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # writes will fail, be logged and counted; readiness follows
+            logger.error("snapshot directory %s cannot be created: %s", directory, exc)
+
+    def path(self, stream_id: str) -> Path:
+        return self.directory / file_name(validate_stream_id(stream_id))
+
+    def exists(self, stream_id: str) -> bool:
+        return self.path(stream_id).is_file()
+
+    def write(self, stream_id: str, state: dict[str, Any]) -> Path:
+        """Write a stream's state (``OnlineStream.state_dict()``) atomically; returns the file."""
+        from safetensors.torch import save_file
+
+        target = self.path(stream_id)
+        tensors, metadata = encode_state(state)
+        metadata = {**metadata, "file_format": FILE_FORMAT, "stream_id": stream_id}
+        metadata["checksum"] = _checksum(tensors, metadata)
+        with atomic_path(target) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return target
+
+    def read(self, stream_id: str) -> dict[str, Any]:
+        """The verified state of ``stream_id``; a damaged file is quarantined and reported."""
+        path = self.path(stream_id)
+        if not path.is_file():
+            raise MissingSnapshotError(f"no snapshot of stream {stream_id!r} in {self.directory}")
+        return self._verified(path, stream_id)[1]
+
+    def delete(self, stream_id: str) -> bool:
+        """Remove the stream's snapshot; True if there was one."""
+        try:
+            self.path(stream_id).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def scan(self, reject: Callable[[dict[str, Any]], str | None] | None = None) -> list[str]:
+        """Every stream with a valid snapshot, verifying each file and removing left-over temporary
+        files of an interrupted write. Damaged files, and those for which ``reject(state)`` gives a
+        reason (another model, say), are quarantined."""
+        if not self.directory.is_dir():
+            return []
+        for leftover in self.directory.glob(".*.partial"):
+            leftover.unlink(missing_ok=True)
+        found = []
+        for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+            try:
+                stream_id, state = self._verified(path, None)
+            except DamagedSnapshotError:
+                continue  # quarantined and logged
+            reason = reject(state) if reject else None
+            if reason:
+                self.quarantine(path, reason)
+            else:
+                found.append(stream_id)
+        return found
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.directory),
+            "quarantined": len(self.quarantined),
+            "quarantined_files": [asdict(q) for q in self.quarantined[-100:]],
+        }
+
+    def _verified(self, path: Path, expected_id: str | None) -> tuple[str, dict[str, Any]]:
+        try:
+            tensors, metadata = _load(path)
+            if metadata.get("file_format") != FILE_FORMAT:
+                raise ValueError(f"not a snapshot of this format (file_format {metadata.get('file_format')!r})")
+            if metadata.get("checksum") != _checksum(tensors, metadata):
+                raise ValueError("checksum mismatch: the file's bytes changed after it was written")
+            stream_id = validate_stream_id(metadata.get("stream_id"))
+            if path.name != file_name(stream_id) or (expected_id is not None and stream_id != expected_id):
+                raise ValueError(f"the file belongs to stream {stream_id!r}, not to its name {path.name}")
+            bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            if bad:
+                raise ValueError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
+            state = decode_state(tensors, metadata)
+        except (ValueError, AdapterError, InvalidStreamIdError, OSError) as exc:
+            self.quarantine(path, str(exc))
+            raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc
+        return stream_id, state
+
+    def quarantine(self, path: Path, reason: str) -> None:
+        """Move ``path`` aside with its reason (logged and counted); it is never loaded again."""
+        self.quarantined.append(QuarantinedFile(path.name, reason, time.time()))
+        target = self.directory / QUARANTINE / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            target.parent.mkdir(exist_ok=True)
+            path.replace(target)
+            atomic_write_text(target.with_name(target.name + ".reason.txt"), reason + "\n", durable=False)
+            logger.error("snapshot %s quarantined to %s: %s", path.name, target, reason)
+        except OSError as exc:  # a read-only directory: the file stays, and is skipped again next time
+            logger.error("snapshot %s is damaged (%s) and could not be quarantined: %s", path.name, reason, exc)
+
+
+def _load(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from exc
+    return tensors, metadata

@@ -1,0 +1,35 @@
+"""One stream held in memory: its online adapter, ordering lock and dynamic-batching queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from adapters.online import OnlineStream
+
+StepResult = tuple[Tensor, int, str]  # logits (N, C), the stream's step count, the adapter name
+
+
+@dataclass
+class Stream:
+    stream_id: str
+    online: OnlineStream
+    created_at: float = field(default_factory=time.time)
+    last_used_at: float = field(default_factory=time.time)
+    # asyncio.Lock wakes waiters in FIFO order, which keeps a stream's requests in arrival order.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    version: int = 0  # bumped by every change of state (steps, buffering, reset, restore)
+    saved_version: int = -1  # the version the store holds
+    deleted: bool = False  # set under the lock by delete: later work on this object must not write
+    # dynamic batching: requests waiting to be grouped into one step, and whether a drain runs
+    queue: list[tuple[Tensor, asyncio.Future[StepResult]]] = field(default_factory=list)
+    draining: bool = False
+    drain_task: asyncio.Task[None] | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def busy(self) -> bool:
+        return self.lock.locked() or bool(self.queue)
