@@ -15,6 +15,7 @@ optionally ``_predict``, and list their per-stream tensors in ``_state_tensors``
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
@@ -159,8 +160,10 @@ class Adapter(ABC):
         return all(bool(torch.isfinite(t).all()) for t in self._state_tensors().values() if t.is_floating_point())
 
     def diagnostics(self) -> dict[str, float]:
-        """Signals of the last batch: mean entropy and confidence, plus the method's own."""
-        return {**self._last, **self._diagnostics()}
+        """Signals of the last batch: mean entropy and confidence, plus the method's own (finite
+        numbers only: a signal not computed yet is absent, never null or NaN)."""
+        signals = {**self._last, **self._diagnostics()}
+        return {k: float(v) for k, v in signals.items() if isinstance(v, int | float) and math.isfinite(v)}
 
     def validate(self, x: Any) -> None:
         expected = self.source.input_shape

@@ -32,6 +32,7 @@ from tta_server.streams import (
 __all__ = ["ApiError", "error_body", "install_error_handlers"]
 logger = logging.getLogger("tta_server")
 RETRY = {"Retry-After": "30"}
+STREAM_ID_FIELDS = ("stream_id", "x-stream-id")
 
 
 def error_body(path: str, code: str, message: str) -> dict[str, Any]:
@@ -77,7 +78,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        errors = exc.errors()
+        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        if any(e["loc"] and str(e["loc"][-1]).lower() in STREAM_ID_FIELDS for e in errors):
+            message = f"invalid stream id ({details[:300]}); see the stream-id grammar in the API docs"
+            return JSONResponse(error_body(request.url.path, "invalid_stream_id", message), status_code=400)
         return JSONResponse(error_body(request.url.path, "invalid_request", details[:2000]), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
