@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -41,10 +42,8 @@ def chunked_upload(
     response = b""
     try:
         for chunk in chunks:
-            try:
+            with contextlib.suppress(BlockingIOError):
                 response += sock.recv(65536)
-            except BlockingIOError:
-                pass
             if response or sent > budget:
                 break
             try:
