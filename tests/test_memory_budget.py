@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import torch
 
-from adapters import SourceModel, create_adapter, create_source_model
+from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
 from adapters.memory import measure_working_memory, step_memory
 from adapters.online import OnlineStream
 from tests.server_harness import running_server
@@ -161,3 +161,34 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
     assert 0 < peaks["total"] <= budget
     # steps held their working memory, and never two at once (the pool has 2 workers)
     assert working <= peaks["in_flight"] < 2 * working
+
+
+def test_spill_and_wake_are_exact_for_small_requests(tmp_path: Path) -> None:
+    """Two streams fed 3 images at a time (below min_adapt_batch=4) under a budget that holds one:
+    each request spills the other stream with its buffer, and every answer equals the answer of an
+    uninterrupted in-process stream."""
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(8)
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        # one stream's state with 3 buffered images, its undo copy, and a quarter more: never two streams
+        memory_budget_bytes=working + 9 * (state_after_a_step() + 3 * 3 * 32 * 32 * 4) // 4,
+        snapshot_dir=tmp_path,
+        **SMALL_STEPS,
+    )
+    source = create_source_model()
+    references = {name: OnlineStream(create_adapter("tent", source), 4, get_frozen_forward(source)) for name in "ab"}
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        alone = 0
+        for request in range(8):
+            name = "ab"[request % 2]
+            batch = images(3, request)
+            response = client.post("/v1/predict", files=files(batch), headers={"X-Stream-Id": name})
+            assert response.status_code == 200, response.text
+            expected = references[name].step(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)
+            got = probabilities(response.json())
+            top = expected.softmax(1).numpy().argsort(1)[:, ::-1][:, :5]
+            want = np.take_along_axis(expected.softmax(1).numpy(), top, 1)
+            np.testing.assert_allclose(np.take_along_axis(got, top, 1), want, atol=1e-6)
+            alone += [s["stream_id"] for s in client.get("/v1/streams").json()] == [name]  # the other spilled
+        assert alone >= 5 and client.get("/v1/memory").json()["streams_spilled"] == 1

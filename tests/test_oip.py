@@ -88,3 +88,22 @@ def test_bad_infer_requests_get_a_json_4xx(url: str, body: dict, status: int, co
     # the protocol's error body: {"error": "<message>"}
     assert response.status_code == status and isinstance(response.json()["error"], str)
     assert httpx.get(f"{url}/v2/models/other/ready").status_code == 404
+
+
+def test_tritonclient_reads_errors_config_statistics_and_the_repository(client) -> None:  # type: ignore[no-untyped-def]
+    from tritonclient.utils import InferenceServerException
+
+    bad = tritonclient_http.InferInput("INPUT", [1, 3, 8, 8], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer(MODEL, [bad])
+    assert "(N, 3, H, W)" in str(raised.value)  # the protocol's error string, readable by the client
+    config = client.get_model_config(MODEL)
+    assert config["name"] == MODEL and config["input"][0]["dims"] == [3, 32, 32]
+    infer(client, images(8, 0))
+    stats = client.get_inference_statistics(MODEL)["model_stats"][0]
+    assert stats["name"] == MODEL and stats["inference_count"] >= 8 and stats["inference_stats"]["fail"]["count"] >= 1
+    index = client.get_model_repository_index()
+    assert index == [{"name": MODEL, "version": index[0]["version"], "state": "READY"}]
+    with pytest.raises(InferenceServerException, match="not served"):
+        client.get_model_config("other")

@@ -22,12 +22,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TTA_", env_nested_delimiter="__", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
     model: str = Field(BUNDLED_MODEL, description="registered model name (see adapters.list_models())")
     model_kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments of the model factory")
-    default_adapter: str = "tent"
-    default_adapter_config: dict[str, Any] = Field(default_factory=dict)
+    default_adapter: str = Field("tent", description="adapter of streams created on first use (GET /v1/adapters)")
+    default_adapter_config: dict[str, Any] = Field(
+        default_factory=dict, description='its config, e.g. {"optimizer": {"lr": 5e-4}}'
+    )
     default_stream: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
@@ -75,7 +77,9 @@ class Settings(BaseSettings):
         default_factory=list, description="bearer tokens for every route but health (none: open)"
     )
     admin_tokens: list[str] = Field(
-        default_factory=list, description="bearer tokens for creating, resetting and deleting streams"
+        default_factory=list,
+        description="bearer tokens that may also create, reset, delete, snapshot and restore streams and start "
+        "or end OIP sequences (none: every api token may)",
     )
     shutdown_snapshot_timeout_s: float = Field(
         60.0, gt=0, description="with snapshot_dir: the longest shutdown spends snapshotting streams"
@@ -83,7 +87,7 @@ class Settings(BaseSettings):
     persistence_failure_grace_s: float = Field(
         300.0, gt=0, description="with snapshot_dir: readiness turns false while snapshots keep failing this long"
     )
-    max_images_per_request: int = Field(256, ge=1)
+    max_images_per_request: int = Field(256, ge=1, description="more images in one request: 413")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
     graceful_shutdown_s: float = Field(
@@ -100,7 +104,9 @@ class Settings(BaseSettings):
         "on tiny batches)",
     )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (none: torch's default)")
-    log_level: str = Field("info", pattern=r"^(critical|error|warning|info|debug)$")
+    log_level: str = Field(
+        "info", description="critical, error, warning, info or debug", pattern=r"^(critical|error|warning|info|debug)$"
+    )
     log_format: str = Field(
         "text", pattern=r"^(text|json)$", description="access and server logs as text or JSON lines"
     )

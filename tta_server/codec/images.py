@@ -29,6 +29,7 @@ def decode_image(payload: bytes, label: str, preprocessing: Preprocessing, max_p
     """Bytes of an image file -> float tensor (3, H, W) in [0, 1] at the model's input size."""
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # damaged files warn on their way to the error below
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(payload))
             width, height = image.size
