@@ -20,7 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from adapters import SourceModel, create_adapter
+from adapters import SourceModel, create_adapter, get_frozen_forward
+from adapters.online import OnlineStream
 from benchmarks.datasets.cifar10 import ImageArrays
 from benchmarks.datasets.cifar10c import CORRUPTIONS, load_cifar10c
 from benchmarks.stream_settings import Loader, Segment, Setting, build_stream
@@ -37,6 +38,9 @@ class ReplayConfig(BaseModel):
     corruptions: tuple[str, ...] = CORRUPTIONS
     n_per_domain: int | None = Field(None, ge=1, description="first n images of every domain (default: all)")
     batch_size: int = Field(200, ge=1)
+    min_adapt_batch: int = Field(
+        1, ge=1, description="as the server's setting: smaller batches are predicted with context and buffered"
+    )
     seed: int = 0
     dataset: Literal["cifar10c", "imagenet-c"] = "cifar10c"
     preprocessing: Literal["as-is", "resize-crop"] = Field(
@@ -130,6 +134,9 @@ def replay(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
+        # the server's small-request policy and divergence guard, so both answer alike
+        frozen = get_frozen_forward(source) if config.min_adapt_batch > 1 else None
+        stream = OnlineStream(adapter, config.min_adapt_batch, frozen)
     else:
         from benchmarks.remote import RemoteStream
 
@@ -145,14 +152,14 @@ def replay(
             if index > 0:
                 remote.reset()
         elif segment.reset_before:
-            adapter.reset()
+            stream.reset()
         for first in range(0, len(segment.labels), config.batch_size):
             last = min(first + config.batch_size, len(segment.labels))
             if remote is not None:
                 predicted = remote.predict_and_adapt(segment.images[first:last])
             else:
                 x = torch.from_numpy(segment.images[first:last]).to(device).permute(0, 3, 1, 2).float().div_(255)
-                predicted = adapter.forward_and_adapt(x).argmax(1).cpu().numpy()
+                predicted = stream.step(x).argmax(1).numpy()
             mistakes = predicted != segment.labels[first:last]
             tags = segment.tags[first:last]
             for tag in dict.fromkeys(tags.tolist()):

@@ -154,3 +154,25 @@ def test_unknown_config_keys_are_refused(name: str, tiny_source: SourceModel) ->
 
     with pytest.raises(AdapterError, match="no_such_option"):
         create_adapter(name, tiny_source, {"no_such_option": 1})
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_a_stream_continues_identically_through_the_snapshot_file_layout(name: str, tiny_source: SourceModel) -> None:
+    """``OnlineStream`` (adapter + small-request buffer) through ``encode_state``/``decode_state``,
+    the layout the snapshot store writes: the resumed stream answers exactly as the original."""
+    from adapters import get_frozen_forward
+    from adapters.online import OnlineStream
+    from adapters.state_io import decode_state, encode_state
+
+    frozen = get_frozen_forward(tiny_source, "torch")
+    sizes = [8, 3, 2, 5, 2, 8]
+    batches = [image_batch(n, seed) for seed, n in enumerate(sizes)]
+    original = OnlineStream(create_adapter(name, tiny_source), 4, frozen)
+    for x in batches[:2]:
+        original.step(x)
+    tensors, metadata = encode_state(original.state_dict())
+    resumed = OnlineStream(create_adapter(name, tiny_source), 4, frozen)
+    resumed.load_state_dict(decode_state(tensors, metadata))
+    assert resumed.buffered_images == original.buffered_images == 3
+    for x in batches[3:]:
+        assert torch.equal(resumed.step(x), original.step(x))

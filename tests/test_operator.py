@@ -94,7 +94,7 @@ def test_the_example_config_loads_and_covers_every_setting() -> None:
 
 
 def test_unknown_settings_are_answered_with_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="unknown setting.*memory_budget_byte.*valid settings: host"):
+    with pytest.raises(ValidationError, match=r"unknown setting.*memory_budget_byte.*valid settings: host"):
         Settings(memory_budget_byte=5)  # type: ignore[call-arg]
     config = tmp_path / "c.yaml"
     config.write_text("snapshot_interval: 5\n")

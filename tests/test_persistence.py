@@ -194,3 +194,29 @@ def test_snapshots_of_another_model_are_quarantined_at_start(tmp_path: Path, tin
         report = client.get("/v1/persistence").json()
         assert report["quarantined"] == 1 and "model" in report["quarantined_files"][0]["reason"]
         assert client.get("/v1/streams/foreign").status_code == 404
+
+
+def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Under a memory budget, a stream that cannot be spilled stays in memory and the next least
+    recently used one goes instead; the step that needed the room succeeds."""
+
+    async def main() -> None:
+        store = SnapshotStore(tmp_path)
+        probe = StreamManager(tiny_source, "tent", {}, workers=1, min_adapt_batch=4, store=store)
+        await probe.step("probe", image_batch(4))
+        state = probe.streams["probe"].online.state_bytes()
+        probe.close()
+        manager = StreamManager(tiny_source, "tent", {}, workers=1, min_adapt_batch=4, store=store)
+        try:
+            for name in ("stuck", "idle", "busy"):
+                await manager.step(name, image_batch(4))
+            store.path("stuck").mkdir()  # "stuck" (the least recently used) cannot be written
+            # the budget arrives after the steps (no working-memory measurement needed): two streams fit
+            manager.budget.budget_bytes = 2 * state + state // 2
+            manager.make_room(keep="busy")
+            assert set(manager.streams) == {"stuck", "busy"} and manager.spilled == {"idle"}
+            assert manager.counters["spill_failures"] == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())

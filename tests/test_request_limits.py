@@ -97,7 +97,9 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(url: str) -
     address = urlparse(url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
         sock.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {10 * LIMIT}\r\n\r\n".encode())
-        response = sock.recv(65536)
+        response = b""
+        while data := sock.recv(65536):  # the server closes the connection after its answer
+            response += data
     assert response.startswith(b"HTTP/1.1 413") and b"max_request_bytes" in response
 
 
@@ -115,3 +117,35 @@ def test_a_stalled_upload_times_out(url: str) -> None:
 def test_requests_within_the_limit_still_work(url: str) -> None:
     files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
     assert httpx.post(f"{url}/v1/predict", files=files, timeout=60).status_code == 200
+
+
+def test_graceful_shutdown_does_not_wait_forever_on_a_slow_upload() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.server_harness import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "tta_server.cli", "serve", "--port", str(port), "--adapter", "norm"]
+    command += ["--graceful-shutdown-s", "1", "--request-read-timeout-s", "600"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b'Content-Length: 100000\r\n\r\n{"images": [')  # and then nothing more
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            process.wait(timeout=30)
+            assert time.monotonic() - started < 10
+    finally:
+        process.kill()
+        process.wait()

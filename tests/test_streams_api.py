@@ -61,7 +61,7 @@ def test_streams_created_on_first_use_take_the_default_adapter(client: httpx.Cli
     [
         ({"stream_id": "x", "adapter": "nope"}, 422, "unknown_adapter"),
         ({"stream_id": "x", "adapter": "tent", "config": {"optimizer": {"lr": -1}}}, 400, "adapter_error"),
-        ({"stream_id": "bad id with spaces"}, 422, "invalid_request"),
+        ({"stream_id": "bad id with spaces"}, 400, "invalid_stream_id"),
         ({"adapter": "tent"}, 422, "invalid_request"),
     ],
 )

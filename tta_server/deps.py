@@ -15,7 +15,7 @@ from adapters import SourceModel
 from tta_server.codec.errors import ApiError
 from tta_server.settings import Settings
 from tta_server.statistics import InferenceStatistics
-from tta_server.streams import Persistence, StreamManager
+from tta_server.streams import Persistence, SnapshotsDisabledError, StreamManager
 
 
 @dataclass
@@ -47,6 +47,12 @@ def get_manager(services: Annotated[Services, Depends(get_services)]) -> StreamM
     return services.streams
 
 
+def get_persistence(services: Annotated[Services, Depends(get_services)]) -> Persistence:
+    if services.persistence is None:
+        raise SnapshotsDisabledError("snapshots are off: set snapshot_dir (TTA_SNAPSHOT_DIR)")
+    return services.persistence
+
+
 def get_source(services: Annotated[Services, Depends(get_services)]) -> SourceModel:
     return services.source
 
@@ -55,3 +61,4 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 ManagerDep = Annotated[StreamManager, Depends(get_manager)]
 SourceDep = Annotated[SourceModel, Depends(get_source)]
+PersistenceDep = Annotated[Persistence, Depends(get_persistence)]

@@ -80,7 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        if any(e["loc"] and str(e["loc"][-1]).lower() in STREAM_ID_FIELDS for e in errors):
+        if any(e["loc"] and str(e["loc"][-1]).lower() in STREAM_ID_FIELDS and e["type"] != "missing" for e in errors):
             message = f"invalid stream id ({details[:300]}); see the stream-id grammar in the API docs"
             return JSONResponse(error_body(request.url.path, "invalid_stream_id", message), status_code=400)
         return JSONResponse(error_body(request.url.path, "invalid_request", details[:2000]), status_code=422)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from adapters import ArtefactStore, get_adapter_class, list_adapters
 from tta_server.auth import AdminRole, ApiRole
 from tta_server.codec.errors import ApiError
-from tta_server.deps import ManagerDep, ServicesDep, SourceDep
+from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep
 from tta_server.routes.docs import ERRORS
 from tta_server.streams import STREAM_ID_PATTERN, Stream
 
@@ -124,13 +124,15 @@ async def delete_stream(request: Request, manager: ManagerDep, _: AdminRole, str
 
 
 @router.post("/streams/{stream_id}/snapshot")
-async def snapshot_stream(manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> SnapshotInfo:
+async def snapshot_stream(
+    manager: ManagerDep, persistence: PersistenceDep, _: AdminRole, stream_id: str = StreamId
+) -> SnapshotInfo:
     """Write the stream's state atomically to the snapshot store."""
-    path = await manager.snapshot(stream_id)
+    path = await persistence.snapshot(stream_id)
     return SnapshotInfo(stream_id=stream_id, path=str(path), steps=manager.get(stream_id).online.steps)
 
 
 @router.post("/streams/{stream_id}/restore")
-async def restore_stream(manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
+async def restore_stream(persistence: PersistenceDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
     """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
-    return _info(await manager.restore(stream_id))
+    return _info(await persistence.restore(stream_id))

@@ -3,7 +3,8 @@
 Each stream's work runs on a thread pool, one piece at a time per stream, in arrival order. With a
 memory budget, idle streams are spilled (least recently used first) to the snapshot store and
 woken, exactly as they were, by their next request. Persistence (periodic snapshots, shutdown,
-idle expiry, start-up restore) lives in :mod:`tta_server.streams.persistence`.
+idle expiry, start-up restore, snapshot and restore on request) lives in
+:mod:`tta_server.streams.persistence`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from torch import Tensor
@@ -27,7 +27,6 @@ from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
     MemoryBudgetError,
     SnapshotError,
-    SnapshotsDisabledError,
     StreamExistsError,
     StreamLimitError,
     UnknownStreamError,
@@ -247,41 +246,6 @@ class StreamManager:
                 self.streams.pop(stream_id, None)
         if self.store is not None:
             self.store.delete(stream_id)
-
-    async def snapshot(self, stream_id: str) -> Path:
-        """Write the stream's state to the store after its in-flight requests."""
-        if self.store is None:
-            raise SnapshotsDisabledError("snapshots are off: set snapshot_dir (TTA_SNAPSHOT_DIR)")
-        store = self.store
-        if stream_id in self.spilled:
-            return store.path(stream_id)
-
-        def work(stream: Stream) -> Path:
-            version = stream.version
-            path = store.write(stream_id, stream.online.state_dict())
-            stream.saved_version = version
-            return path
-
-        return await self.run(self.get(stream_id), work)
-
-    async def restore(self, stream_id: str) -> Stream:
-        """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
-        if self.store is None:
-            raise SnapshotsDisabledError("snapshots are off: set snapshot_dir (TTA_SNAPSHOT_DIR)")
-        state = self.store.read(stream_id)
-        if stream_id not in self.streams:
-            self.spilled.discard(stream_id)
-            return self.create_from_state(stream_id, state)
-
-        def work(stream: Stream) -> Stream:
-            try:
-                stream.online.load_state_dict(state)
-            except (AdapterError, ValueError, KeyError) as exc:
-                raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit the stream: {exc}") from exc
-            stream.version += 1
-            return stream
-
-        return await self.run(self.streams[stream_id], work)
 
     def memory_report(self) -> dict[str, Any]:
         """The budget, what holds it now, and the working-memory estimates measured so far."""

@@ -12,12 +12,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from adapters import get_adapter_class
-from tta_server.streams.errors import UnknownStreamError
+from adapters import AdapterError, get_adapter_class
+from tta_server.streams.errors import SnapshotError, UnknownStreamError
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.store import SnapshotStore
+from tta_server.streams.stream import Stream
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,38 @@ class Persistence:
         self.last_error = f"{what} of stream {stream_id!r}: {exc}"
         self.failing_since = self.failing_since or time.time()
         logger.error("stream %s: %s failed: %s", stream_id, what, exc)
+
+    async def snapshot(self, stream_id: str) -> Path:
+        """Write the stream's state to the store after its in-flight requests."""
+        store, manager = self.store, self.manager
+        if stream_id in manager.spilled:
+            return store.path(stream_id)
+
+        def work(stream: Stream) -> Path:
+            version = stream.version
+            path = store.write(stream_id, stream.online.state_dict())
+            stream.saved_version = version
+            return path
+
+        return await manager.run(manager.get(stream_id), work)
+
+    async def restore(self, stream_id: str) -> Stream:
+        """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
+        manager = self.manager
+        state = self.store.read(stream_id)
+        if stream_id not in manager.streams:
+            manager.spilled.discard(stream_id)
+            return manager.create_from_state(stream_id, state)
+
+        def work(stream: Stream) -> Stream:
+            try:
+                stream.online.load_state_dict(state)
+            except (AdapterError, ValueError, KeyError) as exc:
+                raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit the stream: {exc}") from exc
+            stream.version += 1
+            return stream
+
+        return await manager.run(manager.streams[stream_id], work)
 
     def restore_all(self) -> list[str]:
         """At start-up: every valid snapshot becomes a spilled stream, woken by its first request.
@@ -65,7 +99,7 @@ class Persistence:
             if stream.version == stream.saved_version or stream.deleted:
                 continue
             try:
-                await self.manager.snapshot(stream_id)
+                await self.snapshot(stream_id)
                 written += 1
             except UnknownStreamError:
                 continue  # deleted while the pass ran: nothing to keep
@@ -87,7 +121,7 @@ class Persistence:
             try:
                 if remaining <= 0:
                     raise TimeoutError(f"shutdown_snapshot_timeout_s={timeout_s} reached")
-                await asyncio.wait_for(self.manager.snapshot(stream_id), remaining)
+                await asyncio.wait_for(self.snapshot(stream_id), remaining)
             except UnknownStreamError:
                 continue
             except Exception as exc:
