@@ -16,7 +16,7 @@ from adapters.online import OnlineStream
 from tests.server_harness import running_server
 from tests.test_dynamic_batching import files, images, probabilities
 from tta_server import Settings
-from tta_server.streams import SnapshotStore, StreamManager
+from tta_server.streams import SnapshotStore, StreamManager, StreamOptions
 
 # budgets in these tests: steps of at most 32 images, so the server measures at 8 and 32 (fast)
 SMALL_STEPS = {"max_images_per_request": 32, "max_batch_size": 32}
@@ -131,16 +131,8 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
     peaks = {"total": 0, "in_flight": 0}
 
     async def main() -> list[int]:
-        manager = StreamManager(
-            source,
-            "tent",
-            {},
-            workers=2,
-            min_adapt_batch=4,
-            memory_budget_bytes=budget,
-            store=SnapshotStore(tmp_path),
-            largest_step=SIZES[1],
-        )
+        options = StreamOptions(min_adapt_batch=4, memory_budget_bytes=budget, largest_step=SIZES[1])
+        manager = StreamManager(source, options, SnapshotStore(tmp_path))
         reserve = manager.budget.reserve
 
         async def recording(need: int, make_room: Callable[[int], None]) -> None:

@@ -20,13 +20,13 @@ from tests.conftest import image_batch
 from tests.server_harness import running_server
 from tests.test_server import png
 from tta_server import Settings
-from tta_server.streams import Persistence, SnapshotStore, StreamManager
+from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
 from tta_server.streams.persistence import run_forever
 
 
 def manager_with_store(source: SourceModel, directory: Path) -> tuple[StreamManager, Persistence]:
     store = SnapshotStore(directory)
-    manager = StreamManager(source, "tent", {}, workers=2, min_adapt_batch=4, store=store)
+    manager = StreamManager(source, StreamOptions(default_adapter="tent", min_adapt_batch=4), store)
     return manager, Persistence(manager, store, failure_grace_s=0.2)
 
 
@@ -202,11 +202,11 @@ def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path,
 
     async def main() -> None:
         store = SnapshotStore(tmp_path)
-        probe = StreamManager(tiny_source, "tent", {}, workers=1, min_adapt_batch=4, store=store)
+        probe = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
         await probe.step("probe", image_batch(4))
         state = probe.streams["probe"].online.state_bytes()
         probe.close()
-        manager = StreamManager(tiny_source, "tent", {}, workers=1, min_adapt_batch=4, store=store)
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
         try:
             for name in ("stuck", "idle", "busy"):
                 await manager.step(name, image_batch(4))
@@ -216,6 +216,33 @@ def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path,
             manager.make_room(keep="busy")
             assert set(manager.streams) == {"stuck", "busy"} and manager.spilled == {"idle"}
             assert manager.counters["spill_failures"] == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_source: SourceModel) -> None:
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        store = persistence.store
+        delete = store.delete
+        failing = [True]
+
+        def flaky_delete(stream_id: str) -> bool:
+            if failing[0]:
+                raise PermissionError("read-only file system")
+            return delete(stream_id)
+
+        store.delete = flaky_delete  # type: ignore[method-assign]
+        try:
+            await manager.step("old", image_batch(4))
+            await persistence.snapshot("old")
+            await manager.delete("old")  # answered: the stream is gone from memory
+            assert manager.undeleted == {"old"} and store.exists("old")
+            failing[0] = False
+            await persistence.snapshot_changed()
+            assert manager.undeleted == set() and not store.exists("old")
         finally:
             manager.close()
 

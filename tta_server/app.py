@@ -21,7 +21,7 @@ from tta_server.logs import AccessLogMiddleware
 from tta_server.routes import health, oip, oip_models, predict
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
-from tta_server.streams import Persistence, SnapshotStore, StreamManager
+from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
 from tta_server.streams.persistence import expire_unpersisted, run_forever
 
 logger = logging.getLogger("tta_server")
@@ -34,22 +34,21 @@ def build_services(settings: Settings) -> Services:
     source = create_source_model(settings.model, **settings.model_kwargs)
     source.module.to(settings.device)  # before any adapter: per-stream views share the source tensors
     store = SnapshotStore(settings.snapshot_dir) if settings.snapshot_dir is not None else None
-    streams = StreamManager(
-        source,
-        settings.default_adapter,
-        settings.default_adapter_config,
-        settings.workers,
+    options = StreamOptions(
+        default_adapter=settings.default_adapter,
+        default_config=settings.default_adapter_config,
+        workers=settings.workers,
         min_adapt_batch=settings.min_adapt_batch,
         max_streams=settings.max_streams,
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,
         memory_budget_bytes=settings.memory_budget_bytes,
-        store=store,
         memory_wait_s=settings.memory_wait_s,
         # the most images one step can hold: a request, a batching group, or buffered small requests
         largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
         auto_create=settings.auto_create_streams,
     )
+    streams = StreamManager(source, options, store)
     if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
         streams.budget.measure(
             create_adapter(settings.default_adapter, source, settings.default_adapter_config), source

@@ -17,14 +17,14 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from tta_server.auth import ApiRole, require_admin_role
+from tta_server.auth import API, ApiRole, require_admin_role
 from tta_server.codec.oip import decode_infer, encode_infer
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import OIP_ERRORS
 from tta_server.routes.oip_models import check_model
 from tta_server.streams import UnknownStreamError, stream_id_for_sequence
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS)
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS, dependencies=API)
 HEADER_LENGTH = "inference-header-content-length"
 
 

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from tta_server import __version__
-from tta_server.auth import ApiRole
+from tta_server.auth import API
 from tta_server.codec.errors import ApiError
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import OIP_ERRORS
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS)
+router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS, dependencies=API)
 
 
 def check_model(services: ServicesDep, name: str, version: str | None = None) -> None:
@@ -25,7 +25,7 @@ def check_model(services: ServicesDep, name: str, version: str | None = None) ->
 
 
 @router.get("")
-async def server_metadata(_: ApiRole) -> dict[str, Any]:
+async def server_metadata() -> dict[str, Any]:
     return {
         "name": "tta-server",
         "version": __version__,
@@ -37,7 +37,7 @@ async def server_metadata(_: ApiRole) -> dict[str, Any]:
 @router.get("/models/{name}/stats")
 @router.get("/models/{name}/versions/{version}/stats")
 async def model_statistics(
-    services: ServicesDep, _: ApiRole, name: str | None = None, version: str | None = None
+    services: ServicesDep, name: str | None = None, version: str | None = None
 ) -> dict[str, Any]:
     if name is not None:
         check_model(services, name, version)
@@ -46,7 +46,7 @@ async def model_statistics(
 
 @router.get("/models/{name}")
 @router.get("/models/{name}/versions/{version}")
-async def model_metadata(name: str, services: ServicesDep, _: ApiRole, version: str | None = None) -> dict[str, Any]:
+async def model_metadata(name: str, services: ServicesDep, version: str | None = None) -> dict[str, Any]:
     check_model(services, name, version)
     source = services.source
     height, width = source.preprocessing.input_size
@@ -64,14 +64,14 @@ async def model_metadata(name: str, services: ServicesDep, _: ApiRole, version: 
 
 @router.get("/models/{name}/ready")
 @router.get("/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, services: ServicesDep, _: ApiRole, version: str | None = None) -> Response:
+async def model_ready(name: str, services: ServicesDep, version: str | None = None) -> Response:
     check_model(services, name, version)
     return Response(status_code=200 if services.is_ready() else 503)
 
 
 @router.get("/models/{name}/config")
 @router.get("/models/{name}/versions/{version}/config")
-async def model_config(name: str, services: ServicesDep, _: ApiRole, version: str | None = None) -> dict[str, Any]:
+async def model_config(name: str, services: ServicesDep, version: str | None = None) -> dict[str, Any]:
     """The model configuration in Triton's JSON form (inputs, outputs, sequence batching)."""
     check_model(services, name, version)
     source, settings = services.source, services.settings
@@ -94,6 +94,6 @@ async def model_config(name: str, services: ServicesDep, _: ApiRole, version: st
 
 
 @router.post("/repository/index")
-async def repository_index(services: ServicesDep, _: ApiRole) -> list[dict[str, Any]]:
+async def repository_index(services: ServicesDep) -> list[dict[str, Any]]:
     state = "READY" if services.is_ready() else "UNAVAILABLE"
     return [{"name": services.settings.model, "version": services.source.model_id, "state": state}]

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
 
-from tta_server.auth import ApiRole
+from tta_server.auth import API
 from tta_server.codec.rest import decode_predict
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import ERRORS, PREDICT_BODY
 from tta_server.streams import STREAM_ID_PATTERN, validate_stream_id
 
-router = APIRouter(prefix="/v1", tags=["predict"])
+router = APIRouter(prefix="/v1", tags=["predict"], dependencies=API)
 
 
 class Prediction(BaseModel):
@@ -35,7 +35,6 @@ class PredictResponse(BaseModel):
 async def predict(
     request: Request,
     services: ServicesDep,
-    _: ApiRole,
     x_stream_id: Annotated[
         str | None,
         Header(

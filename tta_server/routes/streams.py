@@ -8,13 +8,13 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
-from tta_server.auth import AdminRole, ApiRole
+from tta_server.auth import ADMIN, API
 from tta_server.codec.errors import ApiError
 from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep
 from tta_server.routes.docs import ERRORS
 from tta_server.streams import STREAM_ID_PATTERN, Stream
 
-router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS)
+router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS, dependencies=API)
 StreamId = Path(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN, description="the stream id")
 
 
@@ -58,7 +58,7 @@ def _info(stream: Stream) -> StreamInfo:
 
 
 @router.get("/adapters")
-async def adapters(source: SourceDep, _: ApiRole) -> list[dict[str, Any]]:
+async def adapters(source: SourceDep) -> list[dict[str, Any]]:
     """Every registered adapter: its paper, config JSON schema and the source artefacts its
     default config needs (and whether this model has them)."""
     store = ArtefactStore(source)
@@ -77,22 +77,22 @@ async def adapters(source: SourceDep, _: ApiRole) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/streams", status_code=201)
-async def create_stream(body: StreamCreate, manager: ManagerDep, _: AdminRole) -> StreamInfo:
-    adapter = body.adapter or manager.default_adapter
+@router.post("/streams", status_code=201, dependencies=ADMIN)
+async def create_stream(body: StreamCreate, manager: ManagerDep) -> StreamInfo:
+    adapter = body.adapter or manager.options.default_adapter
     if adapter not in list_adapters():
         raise ApiError(422, "unknown_adapter", f"unknown adapter {adapter!r}; registered: {', '.join(list_adapters())}")
     return _info(manager.create(body.stream_id, adapter, body.config))
 
 
 @router.get("/memory")
-async def memory(manager: ManagerDep, _: ApiRole) -> dict[str, Any]:
+async def memory(manager: ManagerDep) -> dict[str, Any]:
     """Memory budget use: stream states, working memory of running steps, per-adapter estimates."""
     return manager.memory_report()
 
 
 @router.get("/persistence")
-async def persistence(services: ServicesDep, _: ApiRole) -> dict[str, Any]:
+async def persistence(services: ServicesDep) -> dict[str, Any]:
     """Snapshot store health: quarantined files with their reasons, failures by kind, diverged steps."""
     report: dict[str, Any] = services.persistence.report() if services.persistence else {"directory": None}
     report["diverged_steps"] = services.streams.counters["diverged_steps"]
@@ -100,39 +100,37 @@ async def persistence(services: ServicesDep, _: ApiRole) -> dict[str, Any]:
 
 
 @router.get("/streams")
-async def list_streams(manager: ManagerDep, _: ApiRole) -> list[StreamInfo]:
+async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
     """Streams held in memory (spilled streams are counted in /v1/memory and wake on use)."""
     return [_info(stream) for stream in list(manager.streams.values())]
 
 
 @router.get("/streams/{stream_id}")
-async def get_stream(manager: ManagerDep, _: ApiRole, stream_id: str = StreamId) -> StreamInfo:
+async def get_stream(manager: ManagerDep, stream_id: str = StreamId) -> StreamInfo:
     return _info(manager.get(stream_id))
 
 
-@router.post("/streams/{stream_id}/reset")
-async def reset_stream(request: Request, manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
+@router.post("/streams/{stream_id}/reset", dependencies=ADMIN)
+async def reset_stream(request: Request, manager: ManagerDep, stream_id: str = StreamId) -> StreamInfo:
     request.state.stream_id = stream_id
     return _info(await manager.reset(stream_id))
 
 
-@router.delete("/streams/{stream_id}", status_code=204)
-async def delete_stream(request: Request, manager: ManagerDep, _: AdminRole, stream_id: str = StreamId) -> None:
+@router.delete("/streams/{stream_id}", status_code=204, dependencies=ADMIN)
+async def delete_stream(request: Request, manager: ManagerDep, stream_id: str = StreamId) -> None:
     """Forget the stream and delete its snapshot (it does not come back after a restart)."""
     request.state.stream_id = stream_id
     await manager.delete(stream_id)
 
 
-@router.post("/streams/{stream_id}/snapshot")
-async def snapshot_stream(
-    manager: ManagerDep, persistence: PersistenceDep, _: AdminRole, stream_id: str = StreamId
-) -> SnapshotInfo:
+@router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN)
+async def snapshot_stream(manager: ManagerDep, persistence: PersistenceDep, stream_id: str = StreamId) -> SnapshotInfo:
     """Write the stream's state atomically to the snapshot store."""
     path = await persistence.snapshot(stream_id)
     return SnapshotInfo(stream_id=stream_id, path=str(path), steps=manager.get(stream_id).online.steps)
 
 
-@router.post("/streams/{stream_id}/restore")
-async def restore_stream(persistence: PersistenceDep, _: AdminRole, stream_id: str = StreamId) -> StreamInfo:
+@router.post("/streams/{stream_id}/restore", dependencies=ADMIN)
+async def restore_stream(persistence: PersistenceDep, stream_id: str = StreamId) -> StreamInfo:
     """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
     return _info(await persistence.restore(stream_id))

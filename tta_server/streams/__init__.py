@@ -15,7 +15,7 @@ from tta_server.streams.ids import STREAM_ID_PATTERN, stream_id_for_sequence, va
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.persistence import Persistence
 from tta_server.streams.store import SnapshotStore
-from tta_server.streams.stream import Stream
+from tta_server.streams.stream import Stream, StreamOptions
 
 __all__ = [
     "STREAM_ID_PATTERN",
@@ -31,6 +31,7 @@ __all__ = [
     "StreamExistsError",
     "StreamLimitError",
     "StreamManager",
+    "StreamOptions",
     "UnknownStreamError",
     "stream_id_for_sequence",
     "validate_stream_id",

@@ -33,7 +33,7 @@ from tta_server.streams.errors import (
 )
 from tta_server.streams.ids import validate_stream_id
 from tta_server.streams.store import SnapshotStore
-from tta_server.streams.stream import StepResult, Stream
+from tta_server.streams.stream import StepResult, Stream, StreamOptions
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -42,41 +42,19 @@ logger = logging.getLogger(__name__)
 class StreamManager:
     """Creates streams (explicitly, or on first use with the default adapter) and runs their steps."""
 
-    def __init__(
-        self,
-        source: SourceModel,
-        default_adapter: str,
-        default_config: dict[str, Any],
-        workers: int,
-        min_adapt_batch: int = 1,
-        max_streams: int = 1024,
-        max_batch_size: int = 256,
-        max_delay_ms: float = 0.0,
-        memory_budget_bytes: int | None = None,
-        store: SnapshotStore | None = None,
-        memory_wait_s: float = 30.0,
-        largest_step: int = 256,
-        auto_create: bool = True,
-    ) -> None:
-        if memory_budget_bytes is not None and store is None:
+    def __init__(self, source: SourceModel, options: StreamOptions, store: SnapshotStore | None = None) -> None:
+        if options.memory_budget_bytes is not None and store is None:
             raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
-        self.source = source
-        self.default_adapter = default_adapter
-        self.default_config = default_config
-        self.min_adapt_batch = min_adapt_batch
-        self.max_streams = max_streams
-        self.max_batch_size = max_batch_size
-        self.max_delay_s = max_delay_ms / 1000
-        self.auto_create = auto_create
-        self.store = store
-        self.budget = MemoryBudget(memory_budget_bytes, memory_wait_s, largest_step)
+        self.source, self.options, self.store = source, options, store
+        self.budget = MemoryBudget(options.memory_budget_bytes, options.memory_wait_s, options.largest_step)
         self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
+        self.undeleted: set[str] = set()  # deleted streams whose snapshot is still to be removed
         self.counters: Counter[str] = Counter()  # diverged steps, spill and snapshot failures, ...
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tta-model")
+        self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
-        create_adapter(default_adapter, source, default_config)
+        create_adapter(options.default_adapter, source, options.default_config)
 
     # -- lookup and creation ----------------------------------------------------------------------
     def known(self, stream_id: str) -> bool:
@@ -93,18 +71,19 @@ class StreamManager:
         return stream
 
     def get_or_create(self, stream_id: str) -> Stream:
-        if self.known(stream_id) or not self.auto_create:
+        if self.known(stream_id) or not self.options.auto_create:
             return self.get(stream_id)
-        return self.create(stream_id, self.default_adapter, self.default_config)
+        return self.create(stream_id, self.options.default_adapter, self.options.default_config)
 
     def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
         """A new stream with its own adapter; the adapter and config are validated here."""
         validate_stream_id(stream_id)
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
-        if len(self.streams) >= self.max_streams:
-            raise StreamLimitError(f"max_streams={self.max_streams} reached")
-        online = OnlineStream(create_adapter(adapter, self.source, config), self.min_adapt_batch, self.frozen)
+        if len(self.streams) >= self.options.max_streams:
+            raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
+        adapted = create_adapter(adapter, self.source, config)
+        online = OnlineStream(adapted, self.options.min_adapt_batch, self.frozen)
         # a new stream's state counts before it is held, so the budget is never exceeded
         self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())
         stream = self.streams[stream_id] = Stream(stream_id, online)
@@ -197,10 +176,11 @@ class StreamManager:
 
         With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
         stream = self.get_or_create(stream_id)
-        if self.max_delay_s <= 0:
+        delay_s = self.options.max_delay_ms / 1000
+        if delay_s <= 0:
             return await self._step(stream, batch)
         stream.online.adapter.validate(batch)  # a bad request fails alone, not the group it would join
-        return await enqueue(stream, batch, self.max_delay_s, self.max_batch_size, self._step)
+        return await enqueue(stream, batch, delay_s, self.options.max_batch_size, self._step)
 
     async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
         def work(s: Stream) -> StepResult:
@@ -244,8 +224,21 @@ class StreamManager:
             async with stream.lock:
                 stream.deleted = True
                 self.streams.pop(stream_id, None)
-        if self.store is not None:
+        self.forget_snapshot(stream_id)
+
+    def forget_snapshot(self, stream_id: str) -> None:
+        """Delete the stream's snapshot; if the store refuses, retry on every persistence pass (a
+        left-over file would bring the deleted stream back at the next start)."""
+        if self.store is None or stream_id in self.streams:
+            self.undeleted.discard(stream_id)
+            return
+        try:
             self.store.delete(stream_id)
+            self.undeleted.discard(stream_id)
+        except OSError as exc:
+            self.undeleted.add(stream_id)
+            self.counters["delete_failures"] += 1
+            logger.error("stream %s: its snapshot could not be deleted (retried): %s", stream_id, exc)
 
     def memory_report(self) -> dict[str, Any]:
         """The budget, what holds it now, and the working-memory estimates measured so far."""

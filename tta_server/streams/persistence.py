@@ -95,6 +95,8 @@ class Persistence:
     async def snapshot_changed(self) -> tuple[int, int]:
         """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
         written = failed = 0
+        for stream_id in list(self.manager.undeleted):
+            self.manager.forget_snapshot(stream_id)
         for stream_id, stream in list(self.manager.streams.items()):
             if stream.version == stream.saved_version or stream.deleted:
                 continue
@@ -106,8 +108,10 @@ class Persistence:
             except Exception as exc:  # an unwritable file or directory, a full disk, ...
                 self._failed(stream_id, "snapshot", exc)
                 failed += 1
-        if not failed:
+        if not failed and not self.manager.undeleted:
             self.failing_since, self.last_success_at = None, time.time()
+        elif self.manager.undeleted:
+            self.failing_since = self.failing_since or time.time()
         return written, failed
 
     async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
@@ -147,6 +151,7 @@ class Persistence:
             "last_error": self.last_error,
             "last_success_at": self.last_success_at,
             "failures": {k: v for k, v in self.manager.counters.items() if k.endswith("_failures")},
+            "snapshots_to_delete": sorted(self.manager.undeleted),
         }
 
 

@@ -5,12 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
 from adapters.online import OnlineStream
 
 StepResult = tuple[Tensor, int, str]  # logits (N, C), the stream's step count, the adapter name
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How the manager creates and runs streams (from the server settings of the same names)."""
+
+    default_adapter: str = "tent"
+    default_config: dict[str, Any] = field(default_factory=dict)
+    workers: int = 2
+    min_adapt_batch: int = 1
+    max_streams: int = 1024
+    max_batch_size: int = 256  # dynamic batching: most images per step
+    max_delay_ms: float = 0.0  # dynamic batching window (0: off)
+    memory_budget_bytes: int | None = None
+    memory_wait_s: float = 30.0
+    largest_step: int = 256  # the most images one step can hold (working-memory calibration)
+    auto_create: bool = True
 
 
 @dataclass
