@@ -130,6 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     rep.add_argument("--severity", type=int, default=5)
     rep.add_argument("--n-per-domain", type=int, default=None, help="default: all (CIFAR-10-C), 5000 (ImageNet-C)")
     rep.add_argument("--batch-size", type=int, default=200)
+    rep.add_argument(
+        "--min-adapt-batch",
+        type=int,
+        default=1,
+        help="the server's small-request policy: smaller batches are predicted with context and buffered "
+        "(default: 1, every batch adapts; match the server's setting to compare with --server)",
+    )
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--out", type=Path, default=Path("runs/replay"))
 
@@ -220,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 delta=args.delta,
                 n_per_domain=args.n_per_domain,
                 batch_size=args.batch_size,
+                min_adapt_batch=args.min_adapt_batch,
                 seed=args.seed,
                 dataset=args.dataset,
                 preprocessing=args.preprocessing,

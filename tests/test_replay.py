@@ -233,3 +233,23 @@ def test_load_test_runs_concurrent_streams_and_writes_its_table(tmp_path: Path) 
     row = result["rows"][0]
     assert row["server_images_per_s"] > 0 and row["in_process_images_per_s"] > 0
     assert 0 < row["latency_ms_p50"] <= row["latency_ms_p99"] and "| norm |" in table
+
+
+def test_small_batches_replay_alike_in_process_and_through_the_server(tmp_path: Path) -> None:
+    """Batches below the server's min_adapt_batch: the in-process replay with the same
+    min_adapt_batch runs the same small-request policy (adapters.online), so predictions agree."""
+    from adapters import create_source_model
+    from tests.server_harness import running_server
+    from tta_server import Settings
+
+    rng = np.random.default_rng(2)
+    root = tmp_path / "c10c"
+    root.mkdir()
+    np.save(root / "labels.npy", np.tile(np.arange(24) % 10, 5).astype(np.uint8))
+    coarse = rng.integers(0, 256, size=(120, 8, 8, 3), dtype=np.uint8)
+    np.save(root / f"{CORRUPTIONS[0]}.npy", coarse.repeat(4, axis=1).repeat(4, axis=2))
+    config = ReplayConfig(adapter="tent", batch_size=6, min_adapt_batch=16, corruptions=CORRUPTIONS[:1])
+    local = replay_dataset(create_source_model(), root, config, progress=False)
+    with running_server(Settings(default_adapter="tent", min_adapt_batch=16)) as url:
+        remote = replay_dataset(create_source_model(), root, config, progress=False, server=url)
+    assert [b["errors"] for b in remote["batches"]] == [b["errors"] for b in local["batches"]]

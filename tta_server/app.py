@@ -63,7 +63,8 @@ def _summary(services: Services, restored: int) -> str:
     budget = f"{s.memory_budget_bytes} B" if s.memory_budget_bytes else "none"
     quarantined = services.persistence.store.report()["quarantined"] if services.persistence else 0
     return (
-        f"tta-server {__version__} ready: model {source.model_id} on {s.device} (frozen forward: {frozen}), "
+        f"tta-server {__version__} ready on http://{s.host}:{s.port}: model {source.model_id} on {s.device} "
+        f"(frozen forward: {frozen}), "
         f"default adapter {s.default_adapter}, min_adapt_batch {s.min_adapt_batch}, memory budget {budget}, "
         f"snapshots {s.snapshot_dir or 'off'} ({restored} streams restored, {quarantined} quarantined), "
         f"auth {'on' if s.api_tokens or s.admin_tokens else 'off'}, default stream {s.default_stream!r}"
@@ -107,8 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if persistence is not None:
-                failures = await persistence.snapshot_all(settings.shutdown_snapshot_timeout_s)
-                logger.info("shutdown: snapshots written (%d failed)", len(failures))
+                await persistence.snapshot_all(settings.shutdown_snapshot_timeout_s)
             services.streams.close()
 
     app = FastAPIOffline(

@@ -117,6 +117,7 @@ class Persistence:
     async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
         """At shutdown: snapshot every changed stream within ``timeout_s``; returns the failures."""
         failures: dict[str, str] = {}
+        written = 0
         deadline = time.monotonic() + timeout_s
         for stream_id, stream in list(self.manager.streams.items()):
             if stream.version == stream.saved_version:
@@ -126,11 +127,13 @@ class Persistence:
                 if remaining <= 0:
                     raise TimeoutError(f"shutdown_snapshot_timeout_s={timeout_s} reached")
                 await asyncio.wait_for(self.snapshot(stream_id), remaining)
+                written += 1
             except UnknownStreamError:
                 continue
             except Exception as exc:
                 failures[stream_id] = str(exc) or type(exc).__name__
                 self._failed(stream_id, "snapshot", exc)
+        logger.info("shutdown: %d stream(s) snapshotted to %s", written, self.store.directory)
         if failures:
             logger.error("shutdown: %d stream(s) not snapshotted: %s", len(failures), ", ".join(sorted(failures)))
         return failures
