@@ -57,7 +57,7 @@ def test_every_request_gets_one_access_line(url: str, caplog: pytest.LogCaptureF
 def test_the_start_up_summary_names_what_an_operator_needs(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="tta_server"), running_server(Settings(default_adapter="norm")):
         pass
-    summary = next(r.getMessage() for r in caplog.records if "ready: model" in r.getMessage())
+    summary = next(r.getMessage() for r in caplog.records if " ready on http://" in r.getMessage())
     for fragment in ("cifar10-airbench@", "on cpu", "default adapter norm", "memory budget none", "snapshots off"):
         assert fragment in summary, summary
 
