@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,7 +19,9 @@ from tta_server.codec.errors import ApiError
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float, error_body: Any) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, read_timeout_s: float, error_body: Callable[[str, str, str], Any]
+    ) -> None:
         self.app, self.max_bytes, self.read_timeout_s, self.error_body = app, max_bytes, read_timeout_s, error_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

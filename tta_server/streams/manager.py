@@ -90,7 +90,10 @@ class StreamManager:
         return stream
 
     def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
-        stream = self.create(stream_id, state["adapter"], state["config"])
+        try:
+            stream = self.create(stream_id, state["adapter"], state["config"])
+        except (AdapterError, KeyError) as exc:  # an adapter or config this server does not know
+            raise SnapshotError(f"snapshot of stream {stream_id!r} cannot be loaded here: {exc}") from exc
         try:
             stream.online.load_state_dict(state)
         except (AdapterError, ValueError, KeyError) as exc:
@@ -109,7 +112,7 @@ class StreamManager:
         self.spilled.discard(stream_id)
         try:
             stream = self.create_from_state(stream_id, state)
-        except (StreamLimitError, AdapterError):
+        except StreamLimitError:
             self.spilled.add(stream_id)  # no room now; it stays in the store
             raise
         stream.saved_version = stream.version
@@ -142,7 +145,7 @@ class StreamManager:
         try:
             if stream.saved_version != stream.version:
                 self.store.write(stream.stream_id, stream.online.state_dict())
-        except (OSError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # one stream that cannot be written must not block the others
             self.counters["spill_failures"] += 1
             logger.error("stream %s: spill failed, kept in memory: %s", stream.stream_id, exc)
             return False
