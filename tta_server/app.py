@@ -18,7 +18,9 @@ from tta_server.codec.limits import BodyLimitMiddleware
 from tta_server.deps import Services
 from tta_server.errors import error_body, install_error_handlers
 from tta_server.logs import AccessLogMiddleware
+from tta_server.metrics import ServerMetrics
 from tta_server.routes import health, oip, oip_models, predict
+from tta_server.routes import metrics as metrics_routes
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
@@ -74,9 +76,13 @@ def _summary(services: Services, restored: int) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
+    metrics = ServerMetrics(__version__)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = build_services(settings)
+        metrics.services = services
+        services.streams.step_observers.append(metrics.observe_step)
         tasks: list[asyncio.Task[None]] = []
         restored = 0
         persistence = services.persistence
@@ -118,17 +124,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Continual test-time adaptation: per-stream online adapters over a frozen classifier.",
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(streams_routes.router)
     app.include_router(oip_models.router)
     app.include_router(oip.router)
+    app.include_router(metrics_routes.router)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,
         read_timeout_s=settings.request_read_timeout_s,
         error_body=error_body,
     )
-    app.add_middleware(AccessLogMiddleware)  # outermost: it sees every status, limits included
+    app.add_middleware(AccessLogMiddleware, observe=metrics.observe_request)  # outermost: sees every status
     return app

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,8 +48,10 @@ def configure_logging(level: str, fmt: str) -> None:
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """One access line per request; ``observe(route, method, status, seconds)`` feeds metrics."""
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, str, int, float], None] | None = None) -> None:
+        self.app, self.observe = app, observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,12 +73,16 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            seconds = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")  # a template: bounded label values
+            if self.observe is not None:
+                self.observe(route, scope["method"], status, seconds)
             fields = {
                 "request_id": request_id,
                 "method": scope["method"],
                 "path": scope["path"],
                 "status": status,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                "latency_ms": round(seconds * 1000, 2),
                 "stream": state.get("stream_id"),
                 "adapter": state.get("adapter"),
             }

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     persistence_failure_grace_s: float = Field(
         300.0, gt=0, description="with snapshot_dir: readiness turns false while snapshots keep failing this long"
     )
+    metrics_open: bool = Field(False, description="serve /metrics without a token even when api_tokens are set")
     max_images_per_request: int = Field(256, ge=1, description="more images in one request: 413")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")

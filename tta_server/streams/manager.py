@@ -51,7 +51,9 @@ class StreamManager:
         self.streams: dict[str, Stream] = {}
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
         self.undeleted: set[str] = set()  # deleted streams whose snapshot is still to be removed
-        self.counters: Counter[str] = Counter()  # diverged steps, spill and snapshot failures, ...
+        self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
+        # called after every step with (adapter, images, seconds, signals): metrics
+        self.step_observers: list[Callable[[str, int, float, dict[str, float]], None]] = []
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
         create_adapter(options.default_adapter, source, options.default_config)
@@ -81,6 +83,7 @@ class StreamManager:
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
+            self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
         adapted = create_adapter(adapter, self.source, config)
         online = OnlineStream(adapted, self.options.min_adapt_batch, self.frozen)
@@ -116,6 +119,7 @@ class StreamManager:
             self.spilled.add(stream_id)  # no room now; it stays in the store
             raise
         stream.saved_version = stream.version
+        self.counters["wakes"] += 1
         return stream
 
     # -- the memory budget ------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class StreamManager:
             return False
         self.streams.pop(stream.stream_id, None)
         self.spilled.add(stream.stream_id)
+        self.counters["spills"] += 1
         return True
 
     # -- work on a stream -------------------------------------------------------------------------
@@ -165,7 +170,11 @@ class StreamManager:
             if images and self.budget.enabled:
                 estimate = await self.budget.estimate(stream.online.adapter, self.source, self.in_executor)
                 need = estimate.bytes_for(stream.online.step_images(images)) + stream.online.state_bytes()
-            await self.budget.reserve(need, lambda extra: self.make_room(stream.stream_id, extra))
+            try:
+                await self.budget.reserve(need, lambda extra: self.make_room(stream.stream_id, extra))
+            except MemoryBudgetError:
+                self.counters["refused_memory_budget"] += 1
+                raise
             try:
                 return await asyncio.get_running_loop().run_in_executor(self.executor, fn, stream)
             finally:
@@ -187,10 +196,14 @@ class StreamManager:
 
     async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
         def work(s: Stream) -> StepResult:
+            started = time.perf_counter()
             try:
                 logits = s.online.step(batch)
             finally:
                 s.version += 1  # a diverged step is undone, but a snapshot pass may rewrite it harmlessly
+            seconds, signals = time.perf_counter() - started, s.online.adapter.diagnostics()
+            for observe in self.step_observers:
+                observe(s.online.name, batch.shape[0], seconds, signals)
             return logits, s.online.steps, s.online.name
 
         try:

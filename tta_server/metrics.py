@@ -1,0 +1,145 @@
+"""Prometheus metrics (prometheus-client), one registry per app, served at ``GET /metrics``.
+
+Names are prefixed ``tta_``, in base units (seconds, bytes), counters end in ``_total``. Labels are
+bounded: route templates, methods, status codes, adapter names, reasons; never stream ids.
+Request and step metrics are observed as they happen; the state of the streams, the budget and
+persistence is read from the services at scrape time, so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tta_server.deps import Services
+
+disable_created_metrics()  # the *_created series double every counter and histogram for no use here
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# counters the stream manager keeps, exported under these names
+MANAGER_COUNTERS = {
+    "diverged_steps": ("tta_diverged_steps", "adaptation steps undone because they produced non-finite values"),
+    "spills": ("tta_stream_spills", "idle streams written to the snapshot store to make room"),
+    "wakes": ("tta_stream_wakes", "spilled streams brought back into memory"),
+    "refused_memory_budget": ("tta_refused_steps_memory_budget", "steps refused (503) by the memory budget"),
+    "refused_stream_limit": ("tta_refused_streams_stream_limit", "streams refused (503) by max_streams"),
+    "snapshot_failures": ("tta_snapshot_failures", "snapshot writes that failed (retried on the next pass)"),
+    "spill_failures": ("tta_spill_failures", "spills that failed (the stream stayed in memory)"),
+    "delete_failures": ("tta_snapshot_delete_failures", "snapshot deletions that failed (retried)"),
+}
+
+
+class ServerMetrics:
+    def __init__(self, version: str) -> None:
+        self.registry = CollectorRegistry()
+        self.version = version
+        self.services: Services | None = None
+        self.http_requests = Counter(
+            "tta_http_requests",
+            "HTTP requests by route template, method and status code",
+            ["route", "method", "code"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "tta_http_request_duration_seconds",
+            "HTTP request latency, first byte in to last byte out",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.step_duration = Histogram(
+            "tta_step_duration_seconds",
+            "one stream step (predict, and adapt when enough images) on the pool",
+            ["adapter"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.step_images = Histogram(
+            "tta_step_images", "images per stream step", ["adapter"], buckets=IMAGE_BUCKETS, registry=self.registry
+        )
+        self.batch_entropy = Histogram(
+            "tta_batch_mean_entropy_nats",
+            "mean prediction entropy of each step's batch, across streams",
+            ["adapter"],
+            buckets=(0.05, 0.1, 0.2, 0.4, 0.7, 1.0, 1.4, 1.8, 2.3),
+            registry=self.registry,
+        )
+        self.batch_confidence = Histogram(
+            "tta_batch_mean_confidence_ratio",
+            "mean top-1 probability of each step's batch, across streams",
+            ["adapter"],
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+            registry=self.registry,
+        )
+        self.registry.register(_StateCollector(self))
+
+    def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, str(code)).inc()
+        self.http_duration.labels(route, method).observe(seconds)
+
+    def observe_step(self, adapter: str, images: int, seconds: float, signals: dict[str, float]) -> None:
+        self.step_duration.labels(adapter).observe(seconds)
+        self.step_images.labels(adapter).observe(images)
+        if "mean_entropy" in signals:
+            self.batch_entropy.labels(adapter).observe(signals["mean_entropy"])
+        if "mean_confidence" in signals:
+            self.batch_confidence.labels(adapter).observe(signals["mean_confidence"])
+
+
+class _StateCollector(Collector):
+    """What the services hold at scrape time: streams, memory, persistence, build."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        services = self.metrics.services
+        if services is None:
+            return
+        settings, manager = services.settings, services.streams
+        build = GaugeMetricFamily(
+            "tta_build_info", "1, labelled with the version, model and device", labels=["version", "model", "device"]
+        )
+        build.add_metric([self.metrics.version, services.source.model_id, settings.device], 1)
+        yield build
+        streams = GaugeMetricFamily("tta_streams", "streams by where their state is", labels=["state"])
+        streams.add_metric(["in_memory"], len(manager.streams))
+        streams.add_metric(["spilled"], len(manager.spilled))
+        yield streams
+        gauges: list[tuple[str, str, Callable[[], float]]] = [
+            ("tta_state_bytes", "per-stream state held in memory", manager.state_total),
+            (
+                "tta_memory_in_flight_bytes",
+                "working memory reserved by running steps",
+                lambda: manager.budget.in_flight_bytes,
+            ),
+            (
+                "tta_memory_budget_bytes",
+                "memory_budget_bytes (0: no budget)",
+                lambda: settings.memory_budget_bytes or 0,
+            ),
+            ("tta_ready", "1 while the server is ready (readiness probe)", lambda: float(services.is_ready())),
+        ]
+        if services.persistence is not None:
+            persistence = services.persistence
+            gauges += [
+                (
+                    "tta_persistence_healthy",
+                    "0 while snapshot writes keep failing",
+                    lambda: float(persistence.healthy()),
+                ),
+                (
+                    "tta_quarantined_snapshots",
+                    "damaged or mismatched snapshot files set aside since start",
+                    lambda: len(persistence.store.quarantined),
+                ),
+            ]
+        for name, text, read in gauges:
+            yield GaugeMetricFamily(name, text, value=read())
+        for key, (name, text) in MANAGER_COUNTERS.items():
+            yield CounterMetricFamily(name, text, value=manager.counters[key])
