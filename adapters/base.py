@@ -108,9 +108,15 @@ class Adapter(ABC):
 
     # -- the public interface ------------------------------------------------------------------
     def forward_and_adapt(self, x: Tensor) -> Tensor:
-        """Predict ``x`` (N, 3, H, W) in [0, 1], then adapt on it; returns detached logits."""
+        """Predict ``x`` (N, 3, H, W) in [0, 1], then adapt on it; returns detached logits.
+
+        Works inside ``torch.no_grad()`` and ``torch.inference_mode()`` too (serving code often
+        wraps inference in them): like the papers' own code, the step re-enables gradients."""
         self.validate(x)
-        logits = self._forward_and_adapt(x).detach()
+        with torch.inference_mode(False), torch.enable_grad():
+            if x.is_inference():  # an inference tensor cannot be saved for backward: copy it out
+                x = x.clone()
+            logits = self._forward_and_adapt(x).detach()
         self.steps += 1
         self._record(logits)
         return logits

@@ -176,3 +176,15 @@ def test_a_stream_continues_identically_through_the_snapshot_file_layout(name: s
     assert resumed.buffered_images == original.buffered_images == 3
     for x in batches[3:]:
         assert torch.equal(resumed.step(x), original.step(x))
+
+
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_adapting_works_inside_no_grad_and_inference_mode(name: str, context: str, tiny_source: SourceModel) -> None:
+    """Serving code wraps inference in these; the step must neither fail nor change its answer."""
+    plain, wrapped = create_adapter(name, tiny_source), create_adapter(name, tiny_source)
+    batches = [image_batch(8, seed) for seed in range(2)]
+    expected = [plain.forward_and_adapt(x) for x in batches]
+    with getattr(torch, context)():
+        got = [wrapped.forward_and_adapt(x.clone()) for x in batches]
+    assert wrapped.steps == 2 and all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
