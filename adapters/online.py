@@ -26,8 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from adapters.artefacts import ArtefactStore
 from adapters.base import Adapter
+from adapters.blocks.signals import step_sums
 from adapters.errors import AdapterError
+from adapters.signal_windows import SignalWindows
+from adapters.source_model import SourceModel
 
 BUFFER_PREFIX = "buffer."
 
@@ -37,7 +41,18 @@ class DivergenceError(AdapterError):
 
 
 class OnlineStream:
-    def __init__(self, adapter: Adapter, min_adapt_batch: int = 1, frozen: Callable[[Tensor], Tensor] | None = None):
+    """``frozen`` (the shared frozen forward) answers small requests before there is context and,
+    with ``source_signals``, gives the source prediction each step's signals compare against
+    (one frozen forward per step: on this CPU about half a Tent step, 2 % of a CoTTA step)."""
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        min_adapt_batch: int = 1,
+        frozen: Callable[[Tensor], Tensor] | None = None,
+        source_signals: bool = True,
+        window_steps: int = 20,
+    ):
         if min_adapt_batch < 1:
             raise ValueError(f"min_adapt_batch must be >= 1, got {min_adapt_batch}")
         if min_adapt_batch > 1 and frozen is None:
@@ -49,6 +64,9 @@ class OnlineStream:
         shape = (0, *adapter.source.input_shape)
         self.recent = torch.empty(shape, device=self.device)  # the last images: batch-statistics context
         self.pending = torch.empty(shape, device=self.device)  # small-request images not yet adapted on
+        self.signals = SignalWindows(window_steps)
+        self.source_signals = source_signals and frozen is not None
+        self.atc_threshold = atc_threshold_of(adapter.source)
 
     @property
     def name(self) -> str:
@@ -74,7 +92,7 @@ class OnlineStream:
         batch = batch.to(self.device)
         before = self.state_dict()
         try:
-            logits = self._step(batch)
+            logits, source_logits = self._step(batch)
             if not bool(torch.isfinite(logits).all()) or not self.adapter.state_is_finite():
                 raise DivergenceError(
                     f"stream diverged: adapter {self.name!r} produced non-finite values; the step was undone "
@@ -83,29 +101,36 @@ class OnlineStream:
         except BaseException:
             self.load_state_dict(before)
             raise
+        if self.source_signals and source_logits is None:
+            assert self.frozen is not None
+            source_logits = self.frozen(batch)
+        self.signals.add(step_sums(logits, source_logits, self.atc_threshold))
         return logits.cpu()
 
-    def _step(self, batch: Tensor) -> Tensor:
+    def _step(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The batch's logits, and the source's when they were computed on the way."""
         adapter, n = self.adapter, batch.shape[0]
         if n >= self.min_adapt_batch:
             logits = adapter.forward_and_adapt(batch)
             self.recent = batch[-self.min_adapt_batch :]
-            return logits
+            return logits, None
         assert self.frozen is not None
         context = torch.cat([self.recent, batch])
         enough_context = context.shape[0] >= self.min_adapt_batch
-        logits = adapter.predict(context)[-n:] if enough_context else self.frozen(batch)
+        source_logits = None if enough_context else self.frozen(batch)
+        logits = adapter.predict(context)[-n:] if source_logits is None else source_logits
         self.recent = context[-self.min_adapt_batch :]
         self.pending = torch.cat([self.pending, batch])
         if self.pending.shape[0] >= self.min_adapt_batch:
             adapter.forward_and_adapt(self.pending)
             self.pending = self.pending[:0]
-        return logits
+        return logits, source_logits
 
     def reset(self) -> None:
         """Back to the source, buffer emptied."""
         self.adapter.reset()
         self.recent, self.pending = self.recent[:0], self.pending[:0]
+        self.signals.reset()
 
     def state_bytes(self) -> int:
         """The adapter's per-stream tensors plus the buffered images."""
@@ -117,10 +142,15 @@ class OnlineStream:
         state = self.adapter.state_dict()
         state["tensors"][f"{BUFFER_PREFIX}recent"] = self.recent.clone()
         state["tensors"][f"{BUFFER_PREFIX}pending"] = self.pending.clone()
+        state["tensors"].update({k: v.clone() for k, v in self.signals.state_tensors().items()})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         tensors = dict(state["tensors"])
+        try:
+            self.signals.load_state_tensors(tensors)
+        except ValueError as exc:
+            raise AdapterError(str(exc)) from exc
         shape = tuple(self.adapter.source.input_shape)
         buffers = {}
         for key in ("recent", "pending"):
@@ -132,3 +162,14 @@ class OnlineStream:
             buffers[key] = value.to(self.device, torch.float32)
         self.adapter.load_state_dict({**state, "tensors": tensors})
         self.recent, self.pending = buffers["recent"], buffers["pending"]
+
+
+def atc_threshold_of(source: SourceModel) -> float | None:
+    """The source's ATC confidence threshold (its ``atc_threshold`` artefact), read once per model."""
+    if "atc_threshold" not in source.cache:
+        store = ArtefactStore(source)
+        source.cache["atc_threshold"] = (
+            float(store.load("atc_threshold")["threshold"]) if store.has("atc_threshold") else None
+        )
+    value: float | None = source.cache["atc_threshold"]
+    return value

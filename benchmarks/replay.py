@@ -38,6 +38,9 @@ class ReplayConfig(BaseModel):
     corruptions: tuple[str, ...] = CORRUPTIONS
     n_per_domain: int | None = Field(None, ge=1, description="first n images of every domain (default: all)")
     batch_size: int = Field(200, ge=1)
+    source_signals: bool = Field(
+        False, description="record label-free signals against the frozen source each batch (one extra forward)"
+    )
     min_adapt_batch: int = Field(
         1, ge=1, description="as the server's setting: smaller batches are predicted with context and buffered"
     )
@@ -134,9 +137,9 @@ def replay(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
-        # the server's small-request policy and divergence guard, so both answer alike
-        frozen = get_frozen_forward(source) if config.min_adapt_batch > 1 else None
-        stream = OnlineStream(adapter, config.min_adapt_batch, frozen)
+        # the server's small-request policy, divergence guard and signals, so both answer alike
+        frozen = get_frozen_forward(source) if config.min_adapt_batch > 1 or config.source_signals else None
+        stream = OnlineStream(adapter, config.min_adapt_batch, frozen, config.source_signals)
     else:
         from benchmarks.remote import RemoteStream
 
@@ -166,7 +169,10 @@ def replay(
                 mask = tags == tag
                 wrong[tag] = wrong.get(tag, 0) + int(mistakes[mask].sum())
                 seen[tag] = seen.get(tag, 0) + int(mask.sum())
-            batches.append({"domain": str(tags[0]), "images": last - first, "errors": int(mistakes.sum())})
+            record = {"domain": str(tags[0]), "images": last - first, "errors": int(mistakes.sum())}
+            if remote is None and config.source_signals:  # the label-free signals of this batch
+                record["signals"] = stream.signals.report()["last_step"]
+            batches.append(record)
             bar.update(last - first)
     elapsed = time.perf_counter() - start
     bar.close()

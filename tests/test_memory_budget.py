@@ -26,7 +26,7 @@ SIZES = (8, 32)
 def state_after_a_step(images: int = 4) -> int:
     """A tent stream's state (parameters, moments and its min_adapt_batch=4 context) after a step."""
     source = create_source_model()
-    stream = OnlineStream(create_adapter("tent", source), 4, lambda x: x)
+    stream = OnlineStream(create_adapter("tent", source), 4, get_frozen_forward(source))
     stream.step(torch.rand(images, *source.input_shape, generator=torch.Generator().manual_seed(0)))
     return stream.state_bytes()
 

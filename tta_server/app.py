@@ -49,6 +49,8 @@ def build_services(settings: Settings) -> Services:
         # the most images one step can hold: a request, a batching group, or buffered small requests
         largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
         auto_create=settings.auto_create_streams,
+        source_signals=settings.source_signals,
+        signal_window_steps=settings.signal_window_steps,
     )
     streams = StreamManager(source, options, store)
     if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request

@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 
 disable_created_metrics()  # the *_created series double every counter and histogram for no use here
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+RATIO_SIGNALS = {
+    "source_agreement": "share of each step's predictions that agree with the frozen source model",
+    "atc_accuracy": "ATC accuracy estimate of each step's adapted predictions",
+    "atc_accuracy_source": "ATC accuracy estimate of the frozen source model on each step's batch",
+    "majority_share": "share of each step's batch predicted as its most frequent class (collapse)",
+    "marginal_entropy": "entropy of each step's mean prediction over log(classes) (1: uniform, 0: one class)",
+}
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # counters the stream manager keeps, exported under these names
 MANAGER_COUNTERS = {
@@ -76,6 +84,10 @@ class ServerMetrics:
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
             registry=self.registry,
         )
+        self.batch_ratios = {
+            name: Histogram(f"tta_batch_{name}_ratio", text, ["adapter"], buckets=RATIO_BUCKETS, registry=self.registry)
+            for name, text in RATIO_SIGNALS.items()
+        }
         self.registry.register(_StateCollector(self))
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
@@ -89,6 +101,9 @@ class ServerMetrics:
             self.batch_entropy.labels(adapter).observe(signals["mean_entropy"])
         if "mean_confidence" in signals:
             self.batch_confidence.labels(adapter).observe(signals["mean_confidence"])
+        for name, histogram in self.batch_ratios.items():
+            if name in signals:
+                histogram.labels(adapter).observe(signals[name])
 
 
 class _StateCollector(Collector):

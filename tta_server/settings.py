@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="bearer tokens that may also create, reset, delete, snapshot and restore streams and start "
         "or end OIP sequences (none: every api token may)",
     )
+    source_signals: bool = Field(
+        True,
+        description="compare every step's predictions with the frozen source model's (source agreement, ATC "
+        "estimates); costs one frozen forward per step (about half a Tent step on a CPU)",
+    )
+    signal_window_steps: int = Field(20, ge=1, description="steps per window of a stream's signals (their trend)")
     shutdown_snapshot_timeout_s: float = Field(
         60.0, gt=0, description="with snapshot_dir: the longest shutdown spends snapshotting streams"
     )

@@ -34,6 +34,11 @@ class StreamInfo(BaseModel):
     created_at: float
     last_used_at: float
     buffered_images: int = Field(description="small-request images waiting for min_adapt_batch")
+    windows: dict[str, Any] = Field(
+        description="label-free signals: the last step, the current window, the last closed windows and each "
+        "signal's slope per window (source_agreement, atc_accuracy, atc_accuracy_source, mean_entropy, "
+        "mean_confidence, marginal_entropy, majority_share)"
+    )
 
 
 class SnapshotInfo(BaseModel):
@@ -54,6 +59,7 @@ def _info(stream: Stream) -> StreamInfo:
         created_at=stream.created_at,
         last_used_at=stream.last_used_at,
         buffered_images=stream.online.buffered_images,
+        windows=stream.online.signals.report(),
     )
 
 

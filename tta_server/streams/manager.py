@@ -86,7 +86,10 @@ class StreamManager:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
         adapted = create_adapter(adapter, self.source, config)
-        online = OnlineStream(adapted, self.options.min_adapt_batch, self.frozen)
+        options = self.options
+        online = OnlineStream(
+            adapted, options.min_adapt_batch, self.frozen, options.source_signals, options.signal_window_steps
+        )
         # a new stream's state counts before it is held, so the budget is never exceeded
         self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())
         stream = self.streams[stream_id] = Stream(stream_id, online)
@@ -201,7 +204,7 @@ class StreamManager:
                 logits = s.online.step(batch)
             finally:
                 s.version += 1  # a diverged step is undone, but a snapshot pass may rewrite it harmlessly
-            seconds, signals = time.perf_counter() - started, s.online.adapter.diagnostics()
+            seconds, signals = time.perf_counter() - started, s.online.signals.report()["last_step"]
             for observe in self.step_observers:
                 observe(s.online.name, batch.shape[0], seconds, signals)
             return logits, s.online.steps, s.online.name

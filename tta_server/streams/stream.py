@@ -29,6 +29,8 @@ class StreamOptions:
     memory_wait_s: float = 30.0
     largest_step: int = 256  # the most images one step can hold (working-memory calibration)
     auto_create: bool = True
+    source_signals: bool = True  # each step's signals compare with the frozen source prediction
+    signal_window_steps: int = 20
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""Label-free signals of one step, as counts and sums so that they aggregate over batches and streams.
+
+From the logits a step returns (and, where given, the frozen source model's logits for the same
+batch): mean entropy and confidence, entropy of the batch-mean prediction and the majority-class
+share (collapse onto few classes), agreement with the source prediction, and the ATC accuracy
+estimate (Garg et al., 2022: the share of images whose max softmax reaches the threshold fitted on
+held-out source data) of the adapted and of the source prediction. The adapted model's own
+confidence is no error signal on its own: entropy minimisation makes it confident exactly when
+errors pile up; agreement with the source and the ATC estimate of both are the ones to watch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# per-step sums, in this order (a stable layout: windows are stored as tensors in the stream state)
+FIELDS = (
+    "images",
+    "steps",
+    "entropy_sum",
+    "confidence_sum",
+    "marginal_entropy_sum",  # per step, weighted by steps
+    "majority_share_sum",  # per step, weighted by steps
+    "source_images",  # images for which the source prediction was computed
+    "source_agree",
+    "atc_images",  # images scored against the ATC threshold (the model has one)
+    "atc_adapted",
+    "atc_source",
+)
+# derived ratios: name -> (numerator, denominator)
+RATIOS = {
+    "mean_entropy": ("entropy_sum", "images"),
+    "mean_confidence": ("confidence_sum", "images"),
+    "marginal_entropy": ("marginal_entropy_sum", "steps"),
+    "majority_share": ("majority_share_sum", "steps"),
+    "source_agreement": ("source_agree", "source_images"),
+    "atc_accuracy": ("atc_adapted", "atc_images"),
+    "atc_accuracy_source": ("atc_source", "atc_images"),
+}
+
+
+def _entropy(probs: Tensor) -> Tensor:
+    return -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+
+
+@torch.no_grad()
+def step_sums(logits: Tensor, source_logits: Tensor | None = None, atc_threshold: float | None = None) -> Tensor:
+    """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),)."""
+    probs = logits.float().softmax(1)
+    n, classes = probs.shape
+    predicted = probs.argmax(1)
+    out = torch.zeros(len(FIELDS), dtype=torch.float64)
+    out[0], out[1] = n, 1
+    out[2] = float(_entropy(probs).sum())
+    out[3] = float(probs.amax(1).sum())
+    out[4] = float(_entropy(probs.mean(0))) / math.log(classes)  # 1: uniform marginal, 0: one class
+    out[5] = float(torch.bincount(predicted, minlength=classes).max()) / n
+    if source_logits is not None:
+        source_probs = source_logits.float().softmax(1)
+        out[6] = n
+        out[7] = float((source_probs.argmax(1) == predicted).sum())
+        if atc_threshold is not None:
+            out[8] = n
+            out[9] = float((probs.amax(1) >= atc_threshold).sum())
+            out[10] = float((source_probs.amax(1) >= atc_threshold).sum())
+    return out
+
+
+def ratios(sums: Tensor) -> dict[str, float]:
+    """The derived signals of accumulated sums (those with a zero denominator are absent)."""
+    index = {name: i for i, name in enumerate(FIELDS)}
+    out = {}
+    for name, (top, bottom) in RATIOS.items():
+        denominator = float(sums[index[bottom]])
+        if denominator > 0:
+            out[name] = float(sums[index[top]]) / denominator
+    return out

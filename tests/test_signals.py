@@ -1,0 +1,74 @@
+"""Label-free signals: the per-step sums, their windows and trend, their place in the stream state,
+and what the server shows (GET /v1/streams/{id}, /metrics)."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import torch
+
+from adapters import SourceModel, create_adapter, get_frozen_forward
+from adapters.blocks.signals import FIELDS, ratios, step_sums
+from adapters.online import OnlineStream
+from adapters.signal_windows import SignalWindows
+from tests.conftest import image_batch
+from tests.server_harness import running_server
+from tests.test_server import png
+from tta_server import Settings
+
+
+def test_step_sums_measure_agreement_collapse_and_the_atc_estimate() -> None:
+    logits = torch.tensor([[5.0, 0, 0], [5.0, 0, 0], [0, 5.0, 0], [0, 0, 0.1]])
+    source = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    got = ratios(step_sums(logits, source, atc_threshold=0.9))
+    assert got["source_agreement"] == 0.75  # images 0, 2 and 3 agree
+    assert got["majority_share"] == 0.5  # class 0 twice out of four
+    assert got["atc_accuracy"] == 0.75 and got["atc_accuracy_source"] == 1.0  # confidences over 0.9
+    collapsed = ratios(step_sums(torch.tensor([[9.0, 0, 0]] * 4)))
+    assert collapsed["majority_share"] == 1.0 and collapsed["marginal_entropy"] < 0.01
+    assert "source_agreement" not in collapsed  # no source prediction: the signal is absent, not 0
+    uniform = ratios(step_sums(torch.eye(3) * 9))
+    assert math.isclose(uniform["marginal_entropy"], 1.0, rel_tol=1e-3)
+
+
+def test_windows_close_every_n_steps_and_give_a_trend() -> None:
+    windows = SignalWindows(window_steps=2, history=3)
+    for agreement in (1.0, 1.0, 0.8, 0.8, 0.6, 0.6, 0.4, 0.4):  # adaptation drifting away
+        sums = torch.zeros(len(FIELDS), dtype=torch.float64)
+        sums[FIELDS.index("steps")], sums[FIELDS.index("images")] = 1, 10
+        sums[FIELDS.index("source_images")], sums[FIELDS.index("source_agree")] = 10, 10 * agreement
+        windows.add(sums)
+    report = windows.report()
+    assert report["windows_closed"] == 3  # history keeps the last three of four
+    assert [round(w["source_agreement"], 6) for w in report["windows"]] == [0.8, 0.6, 0.4]
+    assert math.isclose(report["slope_per_window"]["source_agreement"], -0.2, rel_tol=1e-9)
+
+
+def test_the_windows_travel_with_the_stream_state(tiny_source: SourceModel) -> None:
+    frozen = get_frozen_forward(tiny_source, "torch")
+    original = OnlineStream(create_adapter("tent", tiny_source), 4, frozen, window_steps=2)
+    for seed in range(5):
+        original.step(image_batch(6, seed))
+    resumed = OnlineStream(create_adapter("tent", tiny_source), 4, frozen, window_steps=2)
+    resumed.load_state_dict(original.state_dict())
+    assert resumed.signals.report() == original.signals.report()
+    assert original.signals.report()["windows_closed"] == 2
+    original.reset()
+    assert original.signals.report()["windows_closed"] == 0
+
+
+def test_the_server_shows_signals_per_stream_and_across_streams() -> None:
+    settings = Settings(default_adapter="tent", min_adapt_batch=2, signal_window_steps=2)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
+        for _ in range(5):
+            assert client.post("/v1/predict", files=files, headers={"X-Stream-Id": "cam"}).status_code == 200
+        windows = client.get("/v1/streams/cam").json()["windows"]
+        assert windows["windows_closed"] == 2 and windows["window_steps"] == 2
+        last = windows["last_step"]
+        assert 0 <= last["source_agreement"] <= 1 and 0 <= last["atc_accuracy"] <= 1
+        assert 0 <= last["atc_accuracy_source"] <= 1 and "source_agreement" in windows["slope_per_window"]
+        metrics = client.get("/metrics").text
+        assert 'tta_batch_source_agreement_ratio_count{adapter="tent"} 5.0' in metrics
+        assert 'tta_batch_atc_accuracy_source_ratio_count{adapter="tent"} 5.0' in metrics
