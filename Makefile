@@ -31,7 +31,7 @@ test-all: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy adapters tta_server benchmarks
+	$(BIN)/mypy adapters tta_server benchmarks monitoring
 
 bench-frozen: install
 	$(BIN)/tta-bench frozen-forward --out benchmarks/results

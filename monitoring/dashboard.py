@@ -1,0 +1,133 @@
+"""The Grafana dashboard, as code (grafana-foundation-sdk): ``python -m monitoring.dashboard``
+writes ``monitoring/dashboard.json``; a test regenerates it and fails on any drift.
+
+Every panel's queries are listed in :data:`PANELS`, so tests (and the PNG renderer) can run them
+against a real Prometheus.
+"""
+
+# ruff: noqa: E501  (PromQL queries read best on one line each)
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+UID = "tta-server-overview"
+OUT = Path(__file__).with_name("dashboard.json")
+SEL = 'instance=~"$instance"'
+ADAPTER = f'{SEL}, adapter=~"$adapter"'
+RATE = "$__rate_interval"
+
+
+def mean_of(histogram: str) -> str:
+    """The mean of a histogram's observations per adapter over the rate window."""
+    return (
+        f"sum by (adapter) (rate({histogram}_sum{{{ADAPTER}}}[{RATE}]))"
+        f" / sum by (adapter) (rate({histogram}_count{{{ADAPTER}}}[{RATE}]))"
+    )
+
+
+# (title, unit, [(expression, legend)], description)
+PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
+    ("Requests per second", "reqps", [(f"sum by (route) (rate(tta_http_requests_total{{{SEL}}}[{RATE}]))", "{{route}}")],
+     "HTTP throughput by route template"),
+    ("Predict latency", "s", [
+        (f'histogram_quantile(0.5, sum by (le) (rate(tta_http_request_duration_seconds_bucket{{{SEL}, route="/v1/predict"}}[{RATE}])))', "p50"),
+        (f'histogram_quantile(0.99, sum by (le) (rate(tta_http_request_duration_seconds_bucket{{{SEL}, route="/v1/predict"}}[{RATE}])))', "p99"),
+    ], "POST /v1/predict latency quantiles"),
+    ("Errors by status", "reqps", [(f'sum by (code) (rate(tta_http_requests_total{{{SEL}, code=~"4..|5.."}}[{RATE}]))', "{{code}}")],
+     "4xx: bad input; 503: no room (stream limit, memory budget)"),
+    ("Adaptation steps per second", "ops", [(f"sum by (adapter) (rate(tta_step_duration_seconds_count{{{ADAPTER}}}[{RATE}]))", "{{adapter}}")],
+     "stream steps (predict, and adapt once enough images are buffered)"),
+    ("Step duration p99", "s", [(f"histogram_quantile(0.99, sum by (le, adapter) (rate(tta_step_duration_seconds_bucket{{{ADAPTER}}}[{RATE}])))", "{{adapter}}")],
+     "one step on the model pool"),
+    ("Streams", "short", [(f"sum by (state) (tta_streams{{{SEL}}})", "{{state}}")], "held in memory and spilled to the store"),
+    ("Memory budget", "bytes", [
+        (f"sum(tta_state_bytes{{{SEL}}})", "stream states"),
+        (f"sum(tta_memory_in_flight_bytes{{{SEL}}})", "running steps"),
+        (f"sum(tta_memory_budget_bytes{{{SEL}}})", "budget"),
+    ], "stream states plus reserved working memory against memory_budget_bytes"),
+    ("Agreement with the source model", "percentunit", [(mean_of("tta_batch_source_agreement_ratio"), "{{adapter}}")],
+     "falling: adapted predictions drift from the frozen source model (error accumulation)"),
+    ("Estimated accuracy (ATC)", "percentunit", [
+        (mean_of("tta_batch_atc_accuracy_ratio"), "adapted {{adapter}}"),
+        (mean_of("tta_batch_atc_accuracy_source_ratio"), "source {{adapter}}"),
+    ], "label-free accuracy estimates of the adapted and the source predictions; adapted below source: adaptation hurts"),
+    ("Entropy and confidence", "short", [
+        (mean_of("tta_batch_mean_entropy_nats"), "entropy {{adapter}}"),
+        (mean_of("tta_batch_mean_confidence_ratio"), "confidence {{adapter}}"),
+    ], "the adapted model's own certainty: no error signal alone (entropy minimisation makes it confident)"),
+    ("Collapse", "percentunit", [
+        (mean_of("tta_batch_majority_share_ratio"), "majority share {{adapter}}"),
+        (mean_of("tta_batch_marginal_entropy_ratio"), "marginal entropy {{adapter}}"),
+    ], "share of the most predicted class, and entropy of the mean prediction (1: uniform)"),
+    ("Spills, wakes, refusals, undone steps", "ops", [
+        (f"sum(rate(tta_stream_spills_total{{{SEL}}}[{RATE}]))", "spills"),
+        (f"sum(rate(tta_stream_wakes_total{{{SEL}}}[{RATE}]))", "wakes"),
+        (f"sum(rate(tta_refused_steps_memory_budget_total{{{SEL}}}[{RATE}]))", "refused (budget)"),
+        (f"sum(rate(tta_diverged_steps_total{{{SEL}}}[{RATE}]))", "diverged, undone"),
+    ], "memory-budget activity and contained divergence"),
+    ("Persistence", "short", [
+        (f"min(tta_persistence_healthy{{{SEL}}})", "healthy"),
+        (f"sum(tta_quarantined_snapshots{{{SEL}}})", "quarantined files"),
+        (f"sum(increase(tta_snapshot_failures_total{{{SEL}}}[{RATE}]))", "snapshot failures"),
+    ], "snapshot store health (GET /v1/persistence has the details)"),
+]  # fmt: skip
+
+
+def build() -> dict[str, object]:
+    board = (
+        dashboard.Dashboard("tta-server")
+        .uid(UID)
+        .tags(["tta-server", "test-time adaptation"])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(
+            dashboard.QueryVariable("instance")
+            .label("Instance")
+            .datasource(DataSourceRef(type_val="prometheus", uid="${datasource}"))
+            .query("label_values(tta_build_info, instance)")
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
+            dashboard.QueryVariable("adapter")
+            .label("Adapter")
+            .datasource(DataSourceRef(type_val="prometheus", uid="${datasource}"))
+            .query("label_values(tta_step_duration_seconds_count, adapter)")
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+    )
+    for title, unit, queries, description in PANELS:
+        panel = (
+            timeseries.Panel()
+            .title(title)
+            .description(description)
+            .unit(unit)
+            .datasource(DataSourceRef(type_val="prometheus", uid="${datasource}"))
+            .height(8)
+            .span(12)
+        )
+        for ref, (expression, legend) in enumerate(queries):
+            panel = panel.with_target(
+                prometheus.Dataquery().expr(expression).legend_format(legend).ref_id(chr(65 + ref))
+            )
+        board = board.with_panel(panel)
+    encoded: dict[str, object] = json.loads(JSONEncoder(sort_keys=True, indent=2).encode(board.build()))
+    return encoded
+
+
+def render() -> str:
+    return json.dumps(build(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    OUT.write_text(render())
+    print(f"wrote {OUT}")
