@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,13 +46,20 @@ def test_request_ids_are_echoed_or_generated(url: str) -> None:
 
 
 def test_every_request_gets_one_access_line(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    def lines() -> dict[str, dict[str, object]]:
+        access = [r for r in caplog.records if r.name == "tta_server.access"]
+        return {r.fields["request_id"]: r.fields for r in access}  # type: ignore[attr-defined]
+
     with caplog.at_level(logging.INFO, logger="tta_server.access"):
         predict(url, **{"X-Request-Id": "line-1", "X-Stream-Id": "cam-9"})
         httpx.get(f"{url}/v1/streams/unknown-one", headers={"X-Request-Id": "line-2"})
-    lines = {r.fields["request_id"]: r.fields for r in caplog.records if r.name == "tta_server.access"}  # type: ignore[attr-defined]
-    assert lines["line-1"]["status"] == 200 and lines["line-1"]["stream"] == "cam-9"
-    assert lines["line-1"]["adapter"] == "norm" and lines["line-1"]["latency_ms"] > 0
-    assert lines["line-2"]["status"] == 404
+        deadline = time.monotonic() + 10  # the line is written once the answer has gone out
+        while not {"line-1", "line-2"} <= set(lines()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    found = lines()
+    assert found["line-1"]["status"] == 200 and found["line-1"]["stream"] == "cam-9"
+    assert found["line-1"]["adapter"] == "norm" and float(found["line-1"]["latency_ms"]) > 0  # type: ignore[arg-type]
+    assert found["line-2"]["status"] == 404
 
 
 def test_the_start_up_summary_names_what_an_operator_needs(caplog: pytest.LogCaptureFixture) -> None:
