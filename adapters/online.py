@@ -67,6 +67,7 @@ class OnlineStream:
         self.signals = SignalWindows(window_steps)
         self.source_signals = source_signals and frozen is not None
         self.atc_threshold = atc_threshold_of(adapter.source)
+        self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
 
     @property
     def name(self) -> str:
@@ -105,6 +106,7 @@ class OnlineStream:
             assert self.frozen is not None
             source_logits = self.frozen(batch)
         self.signals.add(step_sums(logits, source_logits, self.atc_threshold))
+        self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
         return logits.cpu()
 
     def _step(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -146,7 +146,7 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
             results = await asyncio.gather(*(manager.step(f"s{i % 4}", b) for i, b in enumerate(batches)))
         finally:
             manager.close()
-        return [steps for _, steps, _ in results]
+        return [result.steps for result in results]
 
     steps = asyncio.run(main())
     assert sorted(steps) == [1, 1, 1, 1, 2, 2, 2, 2]  # every step ran, none was refused

@@ -19,11 +19,13 @@ from tta_server.deps import Services
 from tta_server.errors import error_body, install_error_handlers
 from tta_server.logs import AccessLogMiddleware
 from tta_server.metrics import ServerMetrics
+from tta_server.routes import feedback as feedback_routes
 from tta_server.routes import health, oip, oip_models, predict
 from tta_server.routes import metrics as metrics_routes
 from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
+from tta_server.streams.feedback import FeedbackLog
 from tta_server.streams.persistence import expire_unpersisted, run_forever
 
 logger = logging.getLogger("tta_server")
@@ -58,7 +60,8 @@ def build_services(settings: Settings) -> Services:
             create_adapter(settings.default_adapter, source, settings.default_adapter_config), source
         )
     persistence = Persistence(streams, store, settings.persistence_failure_grace_s) if store else None
-    return Services(settings=settings, source=source, streams=streams, persistence=persistence)
+    feedback = FeedbackLog(settings.feedback_max_requests, len(source.class_names))
+    return Services(settings=settings, source=source, streams=streams, persistence=persistence, feedback=feedback)
 
 
 def _summary(services: Services, restored: int) -> str:
@@ -131,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(streams_routes.router)
+    app.include_router(feedback_routes.router)
     app.include_router(oip_models.router)
     app.include_router(oip.router)
     app.include_router(metrics_routes.router)

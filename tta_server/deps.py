@@ -16,6 +16,7 @@ from tta_server.codec.errors import ApiError
 from tta_server.settings import Settings
 from tta_server.statistics import InferenceStatistics
 from tta_server.streams import Persistence, SnapshotsDisabledError, StreamManager
+from tta_server.streams.feedback import FeedbackLog
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     streams: StreamManager
     persistence: Persistence | None = None
     statistics: InferenceStatistics = field(default_factory=InferenceStatistics)
+    feedback: FeedbackLog = field(default_factory=lambda: FeedbackLog(10_000, 1))
     ready: bool = False
 
     def is_ready(self) -> bool:

@@ -28,6 +28,7 @@ from tta_server.streams import (
     StreamLimitError,
     UnknownStreamError,
 )
+from tta_server.streams.feedback import FeedbackError
 
 __all__ = ["ApiError", "error_body", "install_error_handlers"]
 logger = logging.getLogger("tta_server")
@@ -57,6 +58,8 @@ def _mapping(exc: Exception) -> tuple[int, str, str, dict[str, str] | None]:
     ]
     if isinstance(exc, ApiError):
         return exc.status, exc.code, exc.message, exc.headers
+    if isinstance(exc, FeedbackError):
+        return exc.status, exc.code, str(exc), None
     if isinstance(exc, StreamLimitError):  # no room now: retry once others finish or go idle
         return 503, "memory_budget" if isinstance(exc, MemoryBudgetError) else "stream_limit", str(exc), RETRY
     for kind, status, code in table:
@@ -73,7 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
     kinds: tuple[type[Exception], ...] = (ApiError, StreamLimitError, InvalidStreamIdError, UnknownStreamError)
-    for kind in (*kinds, StreamExistsError, SnapshotError, AdapterError, Exception):
+    for kind in (*kinds, StreamExistsError, SnapshotError, AdapterError, FeedbackError, Exception):
         app.add_exception_handler(kind, handle)
 
     @app.exception_handler(RequestValidationError)

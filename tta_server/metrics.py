@@ -156,5 +156,20 @@ class _StateCollector(Collector):
             ]
         for name, text, read in gauges:
             yield GaugeMetricFamily(name, text, value=read())
+        totals = list(services.feedback.totals.values())
+        yield CounterMetricFamily(
+            "tta_feedback_images", "images scored by label feedback", value=sum(t.images for t in totals)
+        )
+        errors = CounterMetricFamily(
+            "tta_feedback_errors", "labelled images mispredicted, by prediction", labels=["prediction"]
+        )
+        errors.add_metric(["adapted"], sum(t.adapted_errors for t in totals))
+        errors.add_metric(["source"], sum(t.source_errors for t in totals))
+        yield errors
+        yield CounterMetricFamily(
+            "tta_feedback_source_images",
+            "labelled images whose source prediction was kept",
+            value=sum(t.source_images for t in totals),
+        )
         for key, (name, text) in MANAGER_COUNTERS.items():
             yield CounterMetricFamily(name, text, value=manager.counters[key])

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         "estimates); costs one frozen forward per step (about half a Tent step on a CPU)",
     )
     signal_window_steps: int = Field(20, ge=1, description="steps per window of a stream's signals (their trend)")
+    feedback_max_requests: int = Field(
+        10_000, ge=1, description="predictions kept for POST /v1/streams/{id}/feedback (oldest dropped first)"
+    )
     shutdown_snapshot_timeout_s: float = Field(
         60.0, gt=0, description="with snapshot_dir: the longest shutdown spends snapshotting streams"
     )

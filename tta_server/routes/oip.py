@@ -60,13 +60,14 @@ async def _infer(request: Request, name: str, services: ServicesDep, role: ApiRo
         with contextlib.suppress(UnknownStreamError):
             await streams.delete(stream_id)  # a new sequence starts from the source
     started = time.perf_counter_ns()
-    logits, _, adapter_name = await streams.step(stream_id, decoded.batch)
-    request.state.adapter = adapter_name
+    result = await streams.step(stream_id, decoded.batch)
+    request.state.adapter = result.adapter
     services.statistics.record(decoded.batch.shape[0], started, ok=True)
     if sequence_stream is not None and end:
         with contextlib.suppress(UnknownStreamError):
             await streams.delete(stream_id)
-    probabilities = logits.float().softmax(1).numpy()
+        services.feedback.forget(stream_id)
+    probabilities = result.logits.float().softmax(1).numpy()
     content, header_length = encode_infer(decoded, probabilities, name, source.model_id)
     if header_length is None:
         return Response(content, media_type="application/json")

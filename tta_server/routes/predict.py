@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
@@ -51,9 +51,11 @@ async def predict(
     batch = await decode_predict(
         request, source.preprocessing, settings.max_images_per_request, settings.max_image_pixels
     )
-    logits, step, adapter_name = await services.streams.step(stream_id, batch)
-    request.state.adapter = adapter_name
-    probs = logits.float().softmax(1)
+    result = await services.streams.step(stream_id, batch)
+    request.state.adapter = adapter_name = result.adapter
+    request_id = str(request.state.request_id)
+    probs = result.logits.float().softmax(1)
+    services.feedback.record(request_id, stream_id, probs.argmax(1), result.source_classes)
     k = min(settings.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = source.class_names
@@ -66,7 +68,6 @@ async def predict(
         )
         for p, idx in zip(top_p, top_i, strict=True)
     ]
-    request_id: Any = request.state.request_id
     return PredictResponse(
-        request_id=str(request_id), stream_id=stream_id, adapter=adapter_name, step=step, predictions=predictions
+        request_id=request_id, stream_id=stream_id, adapter=adapter_name, step=result.steps, predictions=predictions
     )

@@ -34,6 +34,9 @@ class StreamInfo(BaseModel):
     created_at: float
     last_used_at: float
     buffered_images: int = Field(description="small-request images waiting for min_adapt_batch")
+    feedback: dict[str, float | int] = Field(
+        default_factory=dict, description="online error from POST /v1/streams/{id}/feedback (adapted and source)"
+    )
     windows: dict[str, Any] = Field(
         description="label-free signals: the last step, the current window, the last closed windows and each "
         "signal's slope per window (source_agreement, atc_accuracy, atc_accuracy_source, mean_entropy, "
@@ -112,8 +115,11 @@ async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
 
 
 @router.get("/streams/{stream_id}")
-async def get_stream(manager: ManagerDep, stream_id: str = StreamId) -> StreamInfo:
-    return _info(manager.get(stream_id))
+async def get_stream(services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
+    info = _info(services.streams.get(stream_id))
+    totals = services.feedback.totals.get(stream_id)
+    info.feedback = totals.report() if totals else {}
+    return info
 
 
 @router.post("/streams/{stream_id}/reset", dependencies=ADMIN)
@@ -123,10 +129,11 @@ async def reset_stream(request: Request, manager: ManagerDep, stream_id: str = S
 
 
 @router.delete("/streams/{stream_id}", status_code=204, dependencies=ADMIN)
-async def delete_stream(request: Request, manager: ManagerDep, stream_id: str = StreamId) -> None:
+async def delete_stream(request: Request, services: ServicesDep, stream_id: str = StreamId) -> None:
     """Forget the stream and delete its snapshot (it does not come back after a restart)."""
     request.state.stream_id = stream_id
-    await manager.delete(stream_id)
+    await services.streams.delete(stream_id)
+    services.feedback.forget(stream_id)
 
 
 @router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN)

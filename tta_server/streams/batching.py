@@ -49,14 +49,16 @@ async def _drain(stream: Stream, max_delay_s: float, max_batch_size: int, run: R
                 group.append(stream.queue.pop(0))
             batches = [b for b, _ in group]
             try:
-                logits, steps, name = await run(stream, torch.cat(batches))
+                result = await run(stream, torch.cat(batches))
             except Exception as exc:  # every request of the group gets the error
                 for _, future in group:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for part, (_, future) in zip(logits.split([b.shape[0] for b in batches]), group, strict=True):
+            sizes = [b.shape[0] for b in batches]
+            sources = result.source_classes.split(sizes) if result.source_classes is not None else [None] * len(sizes)
+            for part, source, (_, future) in zip(result.logits.split(sizes), sources, group, strict=True):
                 if not future.done():
-                    future.set_result((part, steps, name))
+                    future.set_result(StepResult(part, result.steps, result.adapter, source))
     finally:
         stream.draining = False

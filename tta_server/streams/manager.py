@@ -207,7 +207,7 @@ class StreamManager:
             seconds, signals = time.perf_counter() - started, s.online.signals.report()["last_step"]
             for observe in self.step_observers:
                 observe(s.online.name, batch.shape[0], seconds, signals)
-            return logits, s.online.steps, s.online.name
+            return StepResult(logits, s.online.steps, s.online.name, s.online.last_source_classes)
 
         try:
             result = await self.run(stream, work, images=batch.shape[0])

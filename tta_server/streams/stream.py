@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import Tensor
 
 from adapters.online import OnlineStream
 
-StepResult = tuple[Tensor, int, str]  # logits (N, C), the stream's step count, the adapter name
+
+class StepResult(NamedTuple):
+    logits: Tensor  # (N, C), on the CPU
+    steps: int  # the stream's adaptation step count after this request
+    adapter: str
+    source_classes: Tensor | None  # (N,) the frozen source model's classes, with source_signals
 
 
 @dataclass(frozen=True)
