@@ -53,7 +53,8 @@ def test_labels_give_the_adapted_and_the_source_error(url: str) -> None:
     assert totals["source_images"] == 5 and totals["source_errors"] == expected_source
     assert httpx.get(f"{url}/v1/streams/fb").json()["feedback"]["adapted_errors"] == 2
     metrics = httpx.get(f"{url}/metrics").text
-    assert "tta_feedback_images_total 5.0" in metrics and 'tta_feedback_errors_total{prediction="adapted"} 2.0' in metrics
+    assert "tta_feedback_images_total 5.0" in metrics
+    assert 'tta_feedback_errors_total{prediction="adapted"} 2.0' in metrics
     again = send(url, "fb", (first, labels_1))
     assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_request"  # labelled once only
 
