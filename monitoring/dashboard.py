@@ -64,6 +64,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (mean_of("tta_batch_majority_share_ratio"), "majority share {{adapter}}"),
         (mean_of("tta_batch_marginal_entropy_ratio"), "marginal entropy {{adapter}}"),
     ], "share of the most predicted class, and entropy of the mean prediction (1: uniform)"),
+    ("Online error from label feedback", "percentunit", [
+        (f'sum(rate(tta_feedback_errors_total{{{SEL}, prediction="adapted"}}[{RATE}])) / sum(rate(tta_feedback_images_total{{{SEL}}}[{RATE}]))', "adapted"),
+        (f'sum(rate(tta_feedback_errors_total{{{SEL}, prediction="source"}}[{RATE}])) / sum(rate(tta_feedback_source_images_total{{{SEL}}}[{RATE}]))', "source"),
+    ], "where labels come back (POST /v1/streams/{id}/feedback): the true error of adapted and source predictions"),
     ("Spills, wakes, refusals, undone steps", "ops", [
         (f"sum(rate(tta_stream_spills_total{{{SEL}}}[{RATE}]))", "spills"),
         (f"sum(rate(tta_stream_wakes_total{{{SEL}}}[{RATE}]))", "wakes"),

@@ -48,7 +48,10 @@ def render_panels(prometheus: str, start: float, end: float, path: Path, rate: s
             axis.legend(fontsize=7, loc="best")
     for axis in list(axes.flat)[len(PANELS) :]:
         axis.axis("off")
-    figure.suptitle("tta-server dashboard, drawn from Prometheus query results (short CIFAR-10-C replay, tent)")
+    figure.suptitle(
+        "tta-server dashboard drawn from Prometheus query results: a CIFAR-10-C replay (tent) through the REST API, "
+        "then labelled fog images with feedback"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -56,7 +59,7 @@ def render_panels(prometheus: str, start: float, end: float, path: Path, rate: s
 
 
 def main() -> None:
-    from monitoring.demo import build_small_cifar10c, replay_through
+    from monitoring.demo import build_small_cifar10c, labelled_traffic, replay_through
     from monitoring.prometheus import running_prometheus, scrapes
     from tests.server_harness import running_server
     from tta_server import Settings
@@ -72,6 +75,7 @@ def main() -> None:
         with running_server(settings) as server, running_prometheus(server.removeprefix("http://")) as prometheus:
             start = time.time()
             replay_through(server, data)
+            labelled_traffic(server, data)
             time.sleep(3)
             end = time.time()
             print(f"{scrapes(prometheus)} scrapes; {render_panels(prometheus, start, end, args.out)} series drawn")
