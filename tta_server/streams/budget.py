@@ -113,6 +113,16 @@ class MemoryBudget:
             self.in_flight_bytes -= need
             self._freed.notify_all()
 
+    def report_with(self, state_bytes: int, in_memory: int, spilled: int) -> dict[str, Any]:
+        return {
+            "budget_bytes": self.budget_bytes,
+            "state_bytes": state_bytes,
+            "in_flight_bytes": self.in_flight_bytes,
+            "streams_in_memory": in_memory,
+            "streams_spilled": spilled,
+            "working_memory": self.report(),
+        }
+
     def report(self) -> list[dict[str, Any]]:
         return [
             {"adapter": name, "config": config, **dataclasses.asdict(est), "per_image_bytes": est.per_image_bytes}

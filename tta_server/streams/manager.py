@@ -179,7 +179,7 @@ class StreamManager:
                 self.counters["refused_memory_budget"] += 1
                 raise
             try:
-                return await asyncio.get_running_loop().run_in_executor(self.executor, fn, stream)
+                return await self.in_executor(fn, stream)
             finally:
                 await self.budget.release(need)
 
@@ -246,13 +246,11 @@ class StreamManager:
         self.forget_snapshot(stream_id)
 
     def forget_snapshot(self, stream_id: str) -> None:
-        """Delete the stream's snapshot; if the store refuses, retry on every persistence pass (a
-        left-over file would bring the deleted stream back at the next start)."""
-        if self.store is None or stream_id in self.streams:
-            self.undeleted.discard(stream_id)
-            return
+        """Delete a deleted stream's snapshot; a refusal is logged, counted and retried by the
+        persistence passes (a left-over file would bring the stream back at the next start)."""
         try:
-            self.store.delete(stream_id)
+            if self.store is not None and stream_id not in self.streams:
+                self.store.delete(stream_id)
             self.undeleted.discard(stream_id)
         except OSError as exc:
             self.undeleted.add(stream_id)
@@ -261,14 +259,7 @@ class StreamManager:
 
     def memory_report(self) -> dict[str, Any]:
         """The budget, what holds it now, and the working-memory estimates measured so far."""
-        return {
-            "budget_bytes": self.budget.budget_bytes,
-            "state_bytes": self.state_total(),
-            "in_flight_bytes": self.budget.in_flight_bytes,
-            "streams_in_memory": len(self.streams),
-            "streams_spilled": len(self.spilled),
-            "working_memory": self.budget.report(),
-        }
+        return self.budget.report_with(self.state_total(), len(self.streams), len(self.spilled))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
