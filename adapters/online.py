@@ -148,9 +148,12 @@ class OnlineStream:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Everything is checked before anything changes: a state that does not fit leaves the
+        stream as it was."""
         tensors = dict(state["tensors"])
+        signals = SignalWindows(self.signals.window_steps, self.signals.history)
         try:
-            self.signals.load_state_tensors(tensors)
+            signals.load_state_tensors(tensors)  # pops the signals.* tensors
         except ValueError as exc:
             raise AdapterError(str(exc)) from exc
         shape = tuple(self.adapter.source.input_shape)
@@ -163,7 +166,7 @@ class OnlineStream:
                 raise AdapterError(f"buffer {key!r} has shape {tuple(value.shape)}, expected (N, {shape})")
             buffers[key] = value.to(self.device, torch.float32)
         self.adapter.load_state_dict({**state, "tensors": tensors})
-        self.recent, self.pending = buffers["recent"], buffers["pending"]
+        self.recent, self.pending, self.signals = buffers["recent"], buffers["pending"], signals
 
 
 def atc_threshold_of(source: SourceModel) -> float | None:

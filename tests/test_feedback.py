@@ -79,3 +79,13 @@ def test_pending_predictions_are_bounded(url: str) -> None:
         predict(url, "fb3", seeds)
     expired = send(url, "fb3", (oldest[0], oldest[1]))
     assert expired.status_code == 404 and "expired" in expired.json()["error"]["message"]
+
+
+def test_another_stream_reusing_a_request_id_cannot_replace_its_predictions(url: str) -> None:
+    files = [("files", (f"{i}.png", png(20 + i), "image/png")) for i in range(2)]
+    headers = {"X-Request-Id": "shared-id-1"}
+    mine = httpx.post(f"{url}/v1/predict", files=files, headers={**headers, "X-Stream-Id": "fb-mine"}).json()
+    httpx.post(f"{url}/v1/predict", files=files[:1], headers={**headers, "X-Stream-Id": "fb-theirs"})
+    labels = [p["class_index"] for p in mine["predictions"]]
+    scored = send(url, "fb-mine", ("shared-id-1", labels))
+    assert scored.status_code == 200 and scored.json()["images"] == 2 and scored.json()["adapted_errors"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapters import InputError, SourceModel, create_adapter, get_frozen_forward
+from adapters import AdapterError, InputError, SourceModel, create_adapter, get_frozen_forward
 from adapters.online import DivergenceError, OnlineStream
 from tests.conftest import image_batch
 
@@ -73,3 +73,26 @@ def test_a_diverging_step_is_undone(tiny_source: SourceModel) -> None:
     for key, value in before["tensors"].items():
         assert torch.equal(after["tensors"][key], value), key
     assert torch.equal(after["generator"], before["generator"])
+
+
+def test_a_state_that_does_not_fit_leaves_the_stream_unchanged(tiny_source: SourceModel) -> None:
+    stream = online(tiny_source)
+    stream.step(image_batch(6, seed=1))
+    stream.step(image_batch(2, seed=2))
+    before = stream.state_dict()
+    other = online(tiny_source)
+    other.step(image_batch(6, seed=3))
+    broken = other.state_dict()
+    broken["tensors"]["buffer.pending"] = torch.zeros(2, 3, 16, 16)  # the wrong image size
+    with pytest.raises(AdapterError, match="buffer 'pending'"):
+        stream.load_state_dict(broken)
+    after = stream.state_dict()
+    assert stream.signals.report() == online_report(before, tiny_source)
+    for key, value in before["tensors"].items():
+        assert torch.equal(after["tensors"][key], value), key
+
+
+def online_report(state: dict[str, object], source: SourceModel) -> dict[str, object]:
+    fresh = online(source)
+    fresh.load_state_dict(state)  # type: ignore[arg-type]
+    return fresh.signals.report()

@@ -24,9 +24,9 @@ class Services:
     settings: Settings
     source: SourceModel
     streams: StreamManager
+    feedback: FeedbackLog
     persistence: Persistence | None = None
     statistics: InferenceStatistics = field(default_factory=InferenceStatistics)
-    feedback: FeedbackLog = field(default_factory=lambda: FeedbackLog(10_000, 1))
     ready: bool = False
 
     def is_ready(self) -> bool:

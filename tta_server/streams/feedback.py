@@ -2,8 +2,11 @@
 the adapted and for the frozen source prediction (counts, so rates aggregate).
 
 The predictions of the last ``max_requests`` ``/v1/predict`` requests (all streams together) are
-kept, oldest dropped first: at most ``max_requests x max_images_per_request`` pairs of class
-indices. Labels for a request that is unknown, expired or already labelled are refused.
+kept, oldest dropped first, as int16 class indices: at most 4 bytes per image, so
+``max_requests x max_images_per_request x 4`` bytes (10 MiB with the defaults). They are keyed by
+stream and request id, so a client that reuses another stream's ``X-Request-Id`` cannot replace
+that stream's pending predictions. Labels for a request that is unknown, expired or already
+labelled are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -39,12 +43,13 @@ class FeedbackTotals:
 class FeedbackLog:
     def __init__(self, max_requests: int, num_classes: int) -> None:
         self.max_requests, self.num_classes = max_requests, num_classes
-        self._pending: OrderedDict[str, tuple[str, list[int], list[int] | None]] = OrderedDict()
+        self._pending: OrderedDict[tuple[str, str], tuple[Tensor, Tensor | None]] = OrderedDict()
         self.totals: dict[str, FeedbackTotals] = {}
 
     def record(self, request_id: str, stream_id: str, adapted: Tensor, source: Tensor | None) -> None:
-        self._pending[request_id] = (stream_id, adapted.tolist(), None if source is None else source.tolist())
-        self._pending.move_to_end(request_id)
+        key = (stream_id, request_id)
+        self._pending[key] = (adapted.to(torch.int16), None if source is None else source.to(torch.int16))
+        self._pending.move_to_end(key)
         while len(self._pending) > self.max_requests:
             self._pending.popitem(last=False)
 
@@ -58,15 +63,15 @@ class FeedbackLog:
             self._entry(stream_id, request_id, labels)
 
     def _entry(self, stream_id: str, request_id: str, labels: list[int]) -> tuple[list[int], list[int] | None]:
-        entry = self._pending.get(request_id)
-        if entry is None or entry[0] != stream_id:
+        entry = self._pending.get((stream_id, request_id))
+        if entry is None:
             raise FeedbackError(
                 404,
                 "unknown_request",
                 f"no pending prediction {request_id!r} on stream {stream_id!r}: unknown, already labelled, or "
                 f"expired (the last {self.max_requests} requests are kept)",
             )
-        _, adapted, source = entry
+        adapted, source = entry[0].tolist(), None if entry[1] is None else entry[1].tolist()
         if len(labels) != len(adapted) or not all(0 <= label < self.num_classes for label in labels):
             raise FeedbackError(
                 422,
@@ -77,7 +82,7 @@ class FeedbackLog:
 
     def resolve(self, stream_id: str, request_id: str, labels: list[int]) -> FeedbackTotals:
         adapted, source = self._entry(stream_id, request_id, labels)
-        del self._pending[request_id]
+        del self._pending[(stream_id, request_id)]
         totals = self.totals.setdefault(stream_id, FeedbackTotals())
         totals.images += len(labels)
         totals.adapted_errors += sum(a != y for a, y in zip(adapted, labels, strict=True))
@@ -89,5 +94,5 @@ class FeedbackLog:
     def forget(self, stream_id: str) -> None:
         """A deleted stream: its totals and pending predictions go."""
         self.totals.pop(stream_id, None)
-        for request_id in [r for r, (s, _, _) in self._pending.items() if s == stream_id]:
-            del self._pending[request_id]
+        for key in [key for key in self._pending if key[0] == stream_id]:
+            del self._pending[key]
