@@ -11,6 +11,8 @@ time. :class:`OnlineStream` is the policy both the server and the offline replay
 A step whose logits or updated per-stream tensors are not finite is undone: the stream returns to
 its state before the step (buffer included) and :class:`DivergenceError` says so. The buffer is
 part of the stream's state (``state_dict``), so a snapshot continues exactly where it stopped.
+Each step's label-free signals go into rolling windows, and the stream's :class:`~adapters.guard.Guard`
+may reset, roll back or pause the adapter when they say adaptation hurts.
 
 Example::
 
@@ -28,8 +30,10 @@ from torch import Tensor
 
 from adapters.artefacts import ArtefactStore
 from adapters.base import Adapter
+from adapters.blocks.bn_shift import batchnorm_probe
 from adapters.blocks.signals import step_sums
 from adapters.errors import AdapterError
+from adapters.guard import Decision, Guard, GuardConfig
 from adapters.signal_windows import SignalWindows
 from adapters.source_model import SourceModel
 
@@ -52,6 +56,7 @@ class OnlineStream:
         frozen: Callable[[Tensor], Tensor] | None = None,
         source_signals: bool = True,
         window_steps: int = 20,
+        guard: GuardConfig | dict[str, Any] | None = None,
     ):
         if min_adapt_batch < 1:
             raise ValueError(f"min_adapt_batch must be >= 1, got {min_adapt_batch}")
@@ -66,8 +71,13 @@ class OnlineStream:
         self.pending = torch.empty(shape, device=self.device)  # small-request images not yet adapted on
         self.signals = SignalWindows(window_steps)
         self.source_signals = source_signals and frozen is not None
+        # the source forward of the signals also measures the BatchNorm-statistics shift
+        self.probe = batchnorm_probe(adapter.source) if self.source_signals else None
         self.atc_threshold = atc_threshold_of(adapter.source)
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
+        self.last_bn_shift: list[float] = []  # per BatchNorm layer, for the last step
+        self.guard = Guard(guard)
+        self.last_decision: Decision | None = None  # what the guard did in the last step, if anything
 
     @property
     def name(self) -> str:
@@ -91,29 +101,76 @@ class OnlineStream:
         """Logits (on the CPU) for ``batch``, adapting now or once enough images are buffered."""
         self.adapter.validate(batch)  # before any buffering, so a bad batch leaves the stream untouched
         batch = batch.to(self.device)
-        before = self.state_dict()
+        self.last_decision = None
+        before = self._core_state()  # the guard's state does not change until the step succeeded
         try:
             logits, source_logits = self._step(batch)
             if not bool(torch.isfinite(logits).all()) or not self.adapter.state_is_finite():
-                raise DivergenceError(
-                    f"stream diverged: adapter {self.name!r} produced non-finite values; the step was undone "
-                    "(lower the learning rate, or reset the stream)"
-                )
+                raise DivergenceError(f"stream diverged: adapter {self.name!r} produced non-finite values")
+        except DivergenceError as exc:
+            self._load_core_state(before)
+            decision = self.guard.on_non_finite()
+            action = "the step was undone" + (f" and {self._apply(decision)}" if decision else "")
+            raise DivergenceError(f"{exc}; {action} (lower the learning rate, or reset the stream)") from exc
         except BaseException:
-            self.load_state_dict(before)
+            self._load_core_state(before)
             raise
+        shift = None
         if self.source_signals and source_logits is None:
-            assert self.frozen is not None
-            source_logits = self.frozen(batch)
-        self.signals.add(step_sums(logits, source_logits, self.atc_threshold))
+            source_logits, shift = self._source_forward(batch)
+        closed = self.signals.add(step_sums(logits, source_logits, self.atc_threshold, shift))
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
+        self._after_step(batch.shape[0], closed)
         return logits.cpu()
+
+    def _source_forward(self, batch: Tensor) -> tuple[Tensor, float | None]:
+        if self.probe is None:
+            assert self.frozen is not None
+            return self.frozen(batch), None
+        logits, layers = self.probe(batch)
+        self.last_bn_shift = layers.tolist()
+        return logits, float(layers.mean()) if layers.numel() else None
+
+    def _after_step(self, images: int, closed: bool) -> None:
+        guard = self.guard
+        guard.tick(images)
+        decision = guard.on_step(self.adapter.steps) or (guard.on_window(self.signals.closed) if closed else None)
+        if decision is not None:
+            self._apply(decision)
+        elif closed and guard.config.policy == "rollback":
+            state = self.adapter.state_dict()
+            guard.good = {"tensors": state["tensors"], "generator": state["generator"], "steps": state["steps"]}
+
+    def _apply(self, decision: Decision) -> str:
+        """Carry out a guard decision; returns what was done, in words."""
+        self.guard.record(decision, self.adapter.steps)
+        self.last_decision = decision
+        self.signals.discard_current()
+        good = self.guard.good
+        if decision.action == "pause":
+            return f"the guard paused adaptation for {self.guard.config.pause_steps} steps"
+        if decision.action == "rollback" and good is not None:
+            adapter = self.adapter
+            adapter.load_state_dict(
+                {
+                    "adapter": adapter.name,
+                    "model_id": adapter.source.model_id,
+                    "config": adapter.config.model_dump(mode="json"),
+                    "steps": good["steps"],
+                    "generator": good["generator"].clone(),
+                    "tensors": {k: v.clone() for k, v in good["tensors"].items()},
+                }
+            )
+            return f"the guard rolled back to the last good state (step {good['steps']})"
+        self.adapter.reset()
+        self.guard.good = None
+        return "the guard reset the stream to the source"
 
     def _step(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
         """The batch's logits, and the source's when they were computed on the way."""
-        adapter, n = self.adapter, batch.shape[0]
+        adapter, n, adapt = self.adapter, batch.shape[0], not self.guard.paused
         if n >= self.min_adapt_batch:
-            logits = adapter.forward_and_adapt(batch)
+            logits = adapter.forward_and_adapt(batch) if adapt else adapter.predict(batch)
             self.recent = batch[-self.min_adapt_batch :]
             return logits, None
         assert self.frozen is not None
@@ -122,7 +179,8 @@ class OnlineStream:
         source_logits = None if enough_context else self.frozen(batch)
         logits = adapter.predict(context)[-n:] if source_logits is None else source_logits
         self.recent = context[-self.min_adapt_batch :]
-        self.pending = torch.cat([self.pending, batch])
+        if adapt:  # a paused stream buffers nothing: those images are never adapted on
+            self.pending = torch.cat([self.pending, batch])
         if self.pending.shape[0] >= self.min_adapt_batch:
             adapter.forward_and_adapt(self.pending)
             self.pending = self.pending[:0]
@@ -133,23 +191,45 @@ class OnlineStream:
         self.adapter.reset()
         self.recent, self.pending = self.recent[:0], self.pending[:0]
         self.signals.reset()
+        self.guard.paused_steps_left, self.guard.windows_since_action, self.guard.good = 0, 0, None
 
     def state_bytes(self) -> int:
-        """The adapter's per-stream tensors plus the buffered images."""
+        """The adapter's per-stream tensors, the buffered images and the guard's last good state."""
         buffers = sum(t.numel() * t.element_size() for t in (self.recent, self.pending))
-        return self.adapter.state_bytes() + buffers
+        return self.adapter.state_bytes() + buffers + self.guard.good_bytes()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The adapter's state with the buffer's tensors under ``buffer.*`` names."""
+    def _core_state(self) -> dict[str, Any]:
+        """Everything but the guard's state: the adapter's, under ``buffer.*`` and ``signals.*``."""
         state = self.adapter.state_dict()
         state["tensors"][f"{BUFFER_PREFIX}recent"] = self.recent.clone()
         state["tensors"][f"{BUFFER_PREFIX}pending"] = self.pending.clone()
         state["tensors"].update({k: v.clone() for k, v in self.signals.state_tensors().items()})
         return state
 
+    def state_dict(self) -> dict[str, Any]:
+        """The adapter's state with the buffer's (``buffer.*``), signal windows' (``signals.*``) and
+        guard's (``guard.*``) tensors, and the guard's config."""
+        state = self._core_state()
+        state["tensors"].update({k: v.clone() for k, v in self.guard.state_tensors().items()})
+        state["guard"] = self.guard.config.model_dump(mode="json")
+        return state
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Everything is checked before anything changes: a state that does not fit leaves the
         stream as it was."""
+        expected = self.guard.config.model_dump(mode="json")
+        if state.get("guard", expected) != expected:
+            raise AdapterError("state was saved with another guard config; create the stream with it first")
+        tensors = dict(state["tensors"])
+        guard = Guard(self.guard.config)
+        try:
+            guard.load_state_tensors(tensors)  # pops the guard.* tensors
+        except ValueError as exc:
+            raise AdapterError(str(exc)) from exc
+        self._load_core_state({**state, "tensors": tensors})
+        self.guard = guard
+
+    def _load_core_state(self, state: dict[str, Any]) -> None:
         tensors = dict(state["tensors"])
         signals = SignalWindows(self.signals.window_steps, self.signals.history)
         try:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adapters.blocks.signals import FIELDS, RATIOS, ratios
+from adapters.blocks.signals import FIELDS, SIGNALS, ratios
 
 PREFIX = "signals."
 STEPS = FIELDS.index("steps")
@@ -29,12 +29,19 @@ class SignalWindows:
         self.current = torch.zeros(len(FIELDS), dtype=torch.float64)
         self.closed = torch.zeros((0, len(FIELDS)), dtype=torch.float64)
 
-    def add(self, sums: Tensor) -> None:
+    def add(self, sums: Tensor) -> bool:
+        """Add one step's sums; True when this closed a window."""
         self.last = sums
         self.current = self.current + sums
         if self.current[STEPS] >= self.window_steps:
             self.closed = torch.cat([self.closed, self.current[None]])[-self.history :]
             self.current = torch.zeros_like(self.current)
+            return True
+        return False
+
+    def discard_current(self) -> None:
+        """Drop the window in progress (after a guard action, so the next one is all after it)."""
+        self.current = torch.zeros_like(self.current)
 
     def reset(self) -> None:
         self.__init__(self.window_steps, self.history)  # type: ignore[misc]
@@ -43,7 +50,7 @@ class SignalWindows:
         """Per signal, the least-squares slope over the closed windows (change per window)."""
         rows = [ratios(row) for row in self.closed]
         out = {}
-        for name in RATIOS:
+        for name in SIGNALS:
             values = torch.tensor([r[name] for r in rows if name in r], dtype=torch.float64)
             if values.numel() >= 2:
                 x = torch.arange(values.numel(), dtype=torch.float64)
@@ -67,8 +74,8 @@ class SignalWindows:
     def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
         """Pop the ``signals.*`` tensors from ``tensors`` (absent: start afresh)."""
         last, current, closed = (tensors.pop(f"{PREFIX}{k}", None) for k in ("last", "current", "windows"))
-        if current is None or closed is None or last is None:
-            self.reset()
+        if current is None or closed is None or last is None or current.numel() < len(FIELDS):
+            self.reset()  # absent, or an older layout with fewer fields: start afresh
             return
         if current.shape != (len(FIELDS),) or closed.dim() != 2 or closed.shape[1] != len(FIELDS):
             raise ValueError(f"signal windows have shapes {tuple(current.shape)}, {tuple(closed.shape)}")

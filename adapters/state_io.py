@@ -30,6 +30,8 @@ def encode_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, st
         "config": json.dumps(state["config"], sort_keys=True),
         "steps": str(state["steps"]),
     }
+    if "guard" in state:  # an OnlineStream's guard config
+        metadata["guard"] = json.dumps(state["guard"], sort_keys=True)
     return tensors, metadata
 
 
@@ -48,10 +50,12 @@ def decode_state(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[s
             "generator": generator,
             "tensors": tensors,
         }
+        if "guard" in metadata:
+            state["guard"] = json.loads(metadata["guard"])
     except KeyError as exc:
         raise AdapterError(f"state metadata lacks {exc.args[0]!r}") from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise AdapterError(f"state metadata is malformed: {exc}") from None
-    if not isinstance(state["config"], dict) or state["steps"] < 0:
+    if not isinstance(state["config"], dict) or state["steps"] < 0 or not isinstance(state.get("guard", {}), dict):
         raise AdapterError("state metadata is malformed: config must be an object and steps >= 0")
     return state

@@ -137,6 +137,14 @@ def main(argv: list[str] | None = None) -> None:
         help="the server's small-request policy: smaller batches are predicted with context and buffered "
         "(default: 1, every batch adapts; match the server's setting to compare with --server)",
     )
+    rep.add_argument(
+        "--guard",
+        type=json.loads,
+        default=None,
+        help='the collapse guard, as the server\'s guard setting (JSON), e.g. {"policy": "reset", "thresholds": '
+        '[{"signal": "majority_share", "above": 0.6}]}; decisions go into the result JSON (default: none)',
+    )
+    rep.add_argument("--visits", type=int, default=1, help="recurring setting: visits of the domain sequence")
     rep.add_argument("--seed", type=int, default=0)
     rep.add_argument("--out", type=Path, default=Path("runs/replay"))
 
@@ -145,6 +153,37 @@ def main(argv: list[str] | None = None) -> None:
     rep_report.add_argument("--out", type=Path, default=None, help="default: the first file's directory")
     rep_report.add_argument("--stem", default="", help="write <stem>.md, <stem>.json and <stem>_*.png")
     rep_report.add_argument("--note", default="", help="a paragraph for <stem>.md (how the runs were made)")
+
+    signals = commands.add_parser(
+        "signals",
+        help="Spearman correlation of every label-free signal with the true per-domain error, per adapter",
+        description="Replays continual CIFAR-10-C with the signals on for each adapter (and the source) and writes "
+        "signals_vs_truth.{json,md,png} to --out.",
+    )
+    signals.add_argument("--data", type=Path, required=True, help="CIFAR-10-C directory (tta-bench make-cifar10c)")
+    signals.add_argument("--adapters", default="source,norm,tent,ecotta,vida,rmt", help="(default: %(default)s)")
+    signals.add_argument("--n-per-domain", type=int, default=2000, help="(default: %(default)s)")
+    signals.add_argument("--batch-size", type=int, default=200, help="(default: %(default)s)")
+    signals.add_argument("--out", type=Path, default=Path("runs/signals"), help="(default: %(default)s)")
+    signals.add_argument("--model", default="cifar10-airbench", help="(default: %(default)s)")
+
+    long = commands.add_parser(
+        "long-streams",
+        help="recurring and Dirichlet CIFAR-10-C streams without guard, with the guard and with periodic reset",
+        description="Writes long_streams.{json,md} and long_streams_{recurring,dirichlet}.png to --out.",
+    )
+    long.add_argument("--data", type=Path, required=True, help="CIFAR-10-C directory (tta-bench make-cifar10c)")
+    long.add_argument("--adapters", default="tent,ecotta,norm", help="(default: %(default)s)")
+    long.add_argument("--visits", type=int, default=20, help="visits of the 15 domains (default: %(default)s)")
+    long.add_argument(
+        "--n-per-visit", type=int, default=1000, help="images per domain and visit (default: %(default)s)"
+    )
+    long.add_argument("--delta", type=float, default=0.1, help="Dirichlet delta (default: %(default)s)")
+    long.add_argument("--reset-every-steps", type=int, default=1000, help="periodic reset (default: %(default)s)")
+    long.add_argument("--window-steps", type=int, default=10, help="signal window (default: %(default)s)")
+    long.add_argument("--guard", type=json.loads, default=None, help="guard JSON (default: long_streams.GUARD)")
+    long.add_argument("--out", type=Path, default=Path("runs/long-streams"), help="(default: %(default)s)")
+    long.add_argument("--model", default="cifar10-airbench", help="(default: %(default)s)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
@@ -228,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
                 n_per_domain=args.n_per_domain,
                 batch_size=args.batch_size,
                 min_adapt_batch=args.min_adapt_batch,
+                guard=args.guard,
+                visits=args.visits,
                 seed=args.seed,
                 dataset=args.dataset,
                 preprocessing=args.preprocessing,
@@ -263,6 +304,36 @@ def main(argv: list[str] | None = None) -> None:
             chosen.append((name, json.loads(config)))
         print(run_adapter_speed(source, chosen, args.batch_size, args.repeats, args.out))
 
+    elif args.command == "signals":
+        from benchmarks.signals_vs_truth import run_signals_vs_truth, signals_table
+
+        report = run_signals_vs_truth(
+            create_source_model(args.model),
+            args.data,
+            args.adapters.split(","),
+            args.n_per_domain,
+            args.batch_size,
+            args.out,
+        )
+        print(signals_table(report))
+        print(f"wrote {args.out}/signals_vs_truth.{{json,md,png}}")
+    elif args.command == "long-streams":
+        from benchmarks.long_streams import run_long_streams
+
+        run_long_streams(
+            create_source_model(args.model),
+            args.data,
+            args.adapters.split(","),
+            args.visits,
+            args.n_per_visit,
+            args.delta,
+            args.reset_every_steps,
+            args.window_steps,
+            args.guard,
+            args.out,
+        )
+        print((args.out / "long_streams.md").read_text())
+        print(f"wrote {args.out}/long_streams.{{json,md}} and long_streams_*.png")
     elif args.command == "working-memory":
         from benchmarks.working_memory import run_working_memory
 

@@ -21,12 +21,21 @@ class ServerError(RuntimeError):
 
 
 class RemoteStream:
-    def __init__(self, url: str, adapter: str, config: dict[str, Any] | None = None, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        adapter: str,
+        config: dict[str, Any] | None = None,
+        timeout_s: float = 600.0,
+        guard: dict[str, Any] | None = None,
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
         self.adapter = adapter
         self.config = config or {}
+        self.guard = guard
+        self.last_guard_action: dict[str, Any] | None = None  # what the guard did in the last request
         self.client = httpx.Client(timeout=timeout_s)
         self.latencies_s: list[float] = []
         self.run_id = uuid.uuid4().hex[:8]
@@ -36,7 +45,9 @@ class RemoteStream:
 
     def _new_stream(self) -> str:
         stream_id = f"replay-{self.adapter}-{self.run_id}-{self.resets}"
-        body = {"stream_id": stream_id, "adapter": self.adapter, "config": self.config}
+        body: dict[str, Any] = {"stream_id": stream_id, "adapter": self.adapter, "config": self.config}
+        if self.guard is not None:
+            body["guard"] = self.guard
         response = self.client.post(f"{self.url}/v1/streams", json=body)
         if response.status_code == 201:
             self.created.append(stream_id)
@@ -60,6 +71,7 @@ class RemoteStream:
         if response.status_code != 200:
             raise ServerError(f"{self.url}/v1/predict answered {response.status_code}: {response.text[:300]}")
         body = response.json()
+        self.last_guard_action = body.get("guard")
         if body["adapter"] != self.adapter:
             raise ServerError(
                 f"the server adapts with {body['adapter']!r}, the replay asked for {self.adapter!r}; "

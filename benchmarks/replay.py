@@ -35,6 +35,7 @@ class ReplayConfig(BaseModel):
     setting: Setting = "continual"
     severity: int = Field(5, ge=1, le=5, description="all settings but the gradual ones")
     delta: float | None = Field(None, gt=0, description="correlated: Dirichlet delta (None: sort by label)")
+    visits: int = Field(1, ge=1, description="recurring: how many times the domain sequence is visited")
     corruptions: tuple[str, ...] = CORRUPTIONS
     n_per_domain: int | None = Field(None, ge=1, description="first n images of every domain (default: all)")
     batch_size: int = Field(200, ge=1)
@@ -44,6 +45,10 @@ class ReplayConfig(BaseModel):
     min_adapt_batch: int = Field(
         1, ge=1, description="as the server's setting: smaller batches are predicted with context and buffered"
     )
+    guard: dict[str, Any] | None = Field(
+        None, description="the stream's collapse guard (adapters.guard.GuardConfig); turns source_signals on"
+    )
+    window_steps: int = Field(20, ge=1, description="steps per signal window (the server's signal_window_steps)")
     seed: int = 0
     dataset: Literal["cifar10c", "imagenet-c"] = "cifar10c"
     preprocessing: Literal["as-is", "resize-crop"] = Field(
@@ -81,6 +86,7 @@ def replay_dataset(
         config.n_per_domain,
         config.seed,
         config.delta,
+        config.visits,
     )
     result = replay(source, segments, config, progress, server)
     manifest = data / "manifest.json"
@@ -138,12 +144,15 @@ def replay(
             torch.cuda.reset_peak_memory_stats(device)
         adapter = create_adapter(config.adapter, source, {"seed": config.seed, **config.adapter_config})
         # the server's small-request policy, divergence guard and signals, so both answer alike
-        frozen = get_frozen_forward(source) if config.min_adapt_batch > 1 or config.source_signals else None
-        stream = OnlineStream(adapter, config.min_adapt_batch, frozen, config.source_signals)
+        signals = config.source_signals or config.guard is not None
+        frozen = get_frozen_forward(source) if config.min_adapt_batch > 1 or signals else None
+        stream = OnlineStream(adapter, config.min_adapt_batch, frozen, signals, config.window_steps, config.guard)
     else:
         from benchmarks.remote import RemoteStream
 
-        remote = RemoteStream(server, config.adapter, {"seed": config.seed, **config.adapter_config})
+        adapter_config = {"seed": config.seed, **config.adapter_config}
+        remote = RemoteStream(server, config.adapter, adapter_config, guard=config.guard)
+    decisions: list[dict[str, Any]] = []
     batches: list[dict[str, Any]] = []
     wrong: dict[str, int] = {}
     seen: dict[str, int] = {}
@@ -160,9 +169,13 @@ def replay(
             last = min(first + config.batch_size, len(segment.labels))
             if remote is not None:
                 predicted = remote.predict_and_adapt(segment.images[first:last])
+                action = remote.last_guard_action
             else:
                 x = torch.from_numpy(segment.images[first:last]).to(device).permute(0, 3, 1, 2).float().div_(255)
                 predicted = stream.step(x).argmax(1).numpy()
+                action = stream.last_decision.report() if stream.last_decision else None
+            if action is not None:
+                decisions.append({"batch": len(batches), **action})
             mistakes = predicted != segment.labels[first:last]
             tags = segment.tags[first:last]
             for tag in dict.fromkeys(tags.tolist()):
@@ -193,6 +206,11 @@ def replay(
         # Process-wide peak resident memory (Linux reports KiB), not a per-step measurement.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+    if config.guard is not None:
+        counts: dict[str, int] = {}
+        for decision in decisions:
+            counts[decision["reason"]] = counts.get(decision["reason"], 0) + 1
+        result["guard"] = {"actions": counts, "decisions": decisions}
     if remote is not None:
         result["server"] = {"url": server, "latency_ms": remote.latency_summary()}
         remote.close()

@@ -7,6 +7,8 @@
 * ``mixed_domains``: all domains' images in one seeded shuffle; errors still split by domain.
 * ``correlated``: within each domain, images sorted by label, or, with ``delta``, ordered by the
   Dirichlet procedure of NOTE (smaller delta, stronger label correlation).
+* ``recurring``: the domains in order, ``visits`` times over without a reset (PeTTA's recurring
+  protocol); errors are split per visit and domain (``gaussian_noise#3``: the third visit).
 """
 
 from __future__ import annotations
@@ -20,8 +22,18 @@ import numpy as np
 
 from benchmarks.datasets.cifar10 import ImageArrays
 
-Setting = Literal["continual", "reset_each_shift", "gradual", "gradual_cotta", "mixed_domains", "correlated"]
-SETTINGS: tuple[str, ...] = ("continual", "reset_each_shift", "gradual", "gradual_cotta", "mixed_domains", "correlated")
+Setting = Literal[
+    "continual", "reset_each_shift", "gradual", "gradual_cotta", "mixed_domains", "correlated", "recurring"
+]
+SETTINGS: tuple[str, ...] = (
+    "continual",
+    "reset_each_shift",
+    "gradual",
+    "gradual_cotta",
+    "mixed_domains",
+    "correlated",
+    "recurring",
+)
 GRADUAL = (1, 2, 3, 4, 5, 4, 3, 2, 1)
 
 # CoTTA's ten ImageNet-C orders (cfgs/10orders; also used by PETAL), averaged in its ImageNet-C table.
@@ -73,16 +85,21 @@ def build_stream(
     n_per_domain: int | None = None,
     seed: int = 0,
     delta: float | None = None,
+    visits: int = 1,
 ) -> list[Segment]:
     """The ordered segments of ``setting``; ``load(corruption, severity)`` reads one domain."""
     rng = np.random.default_rng(seed)
+    loaded: dict[tuple[str, int], ImageArrays] = {}
 
     def domain(name: str, level: int, tag: str) -> Segment:
-        arrays = load(name, level)
+        arrays = loaded.get((name, level)) or loaded.setdefault((name, level), load(name, level))
         count = min(len(arrays), n_per_domain or len(arrays))
         images, labels = arrays.images[:count], arrays.labels[:count]
         return Segment(images, labels, np.full(count, tag))
 
+    if setting == "recurring":
+        segments = [domain(name, severity, f"{name}#{visit}") for visit in range(1, visits + 1) for name in corruptions]
+        return [_with_reset(s, i == 0) for i, s in enumerate(segments)]
     if setting in ("continual", "reset_each_shift"):
         segments = [domain(name, severity, name) for name in corruptions]
         return [_with_reset(s, i == 0 or setting == "reset_each_shift") for i, s in enumerate(segments)]

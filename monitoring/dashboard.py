@@ -1,5 +1,6 @@
 """The Grafana dashboard, as code (grafana-foundation-sdk): ``python -m monitoring.dashboard``
-writes ``monitoring/dashboard.json``; a test regenerates it and fails on any drift.
+writes ``helm/tta-server/files/dashboard.json`` (the file the Helm chart's ConfigMap embeds); a test
+regenerates it and fails on any drift.
 
 Every panel's queries are listed in :data:`PANELS`, so tests (and the PNG renderer) can run them
 against a real Prometheus.
@@ -16,7 +17,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef
 
 UID = "tta-server-overview"
-OUT = Path(__file__).with_name("dashboard.json")
+OUT = Path(__file__).resolve().parent.parent / "helm" / "tta-server" / "files" / "dashboard.json"
 SEL = 'instance=~"$instance"'
 ADAPTER = f'{SEL}, adapter=~"$adapter"'
 RATE = "$__rate_interval"
@@ -64,6 +65,11 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (mean_of("tta_batch_majority_share_ratio"), "majority share {{adapter}}"),
         (mean_of("tta_batch_marginal_entropy_ratio"), "marginal entropy {{adapter}}"),
     ], "share of the most predicted class, and entropy of the mean prediction (1: uniform)"),
+    ("Input drift (BatchNorm statistics shift)", "short", [(mean_of("tta_batch_bn_shift_nats"), "{{adapter}}")],
+     "batch statistics against the source model's BatchNorm statistics (Gaussian KL, nats): 0 on source-like data"),
+    ("Guard actions", "ops", [
+        (f"sum by (reason, action) (rate(tta_guard_actions_total{{{ADAPTER}}}[{RATE}]))", "{{action}} ({{reason}})"),
+    ], "the collapse guard resetting, rolling back or pausing streams, by trigger"),
     ("Online error from label feedback", "percentunit", [
         (f'sum(rate(tta_feedback_errors_total{{{SEL}, prediction="adapted"}}[{RATE}])) / sum(rate(tta_feedback_images_total{{{SEL}}}[{RATE}]))', "adapted"),
         (f'sum(rate(tta_feedback_errors_total{{{SEL}, prediction="source"}}[{RATE}])) / sum(rate(tta_feedback_source_images_total{{{SEL}}}[{RATE}]))', "source"),

@@ -17,7 +17,9 @@ from typing import Any
 import httpx
 import yaml
 
-RULES = Path(__file__).with_name("alerts.yaml")
+# the rules and the dashboard live in the Helm chart, which embeds these very files
+CHART_FILES = Path(__file__).resolve().parent.parent / "helm" / "tta-server" / "files"
+RULES = CHART_FILES / "alerts.yaml"
 COMPARISON = re.compile(r"\s*(==|!=|>=|<=|>|<)\s*[0-9.]+\s*$")
 
 

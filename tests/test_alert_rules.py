@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitoring.prometheus import RULES
 from tests.conftest import REPO
 from tests.server_harness import running_server
 from tests.test_server import png
@@ -25,7 +26,7 @@ needs_promtool = pytest.mark.skipif(
 
 
 @needs_promtool
-@pytest.mark.parametrize("command", [["check", "rules", "alerts.yaml"], ["test", "rules", "alerts_test.yaml"]])
+@pytest.mark.parametrize("command", [["check", "rules", str(RULES)], ["test", "rules", "alerts_test.yaml"]])
 def test_promtool_accepts_and_passes_the_rules(command: list[str]) -> None:
     done = subprocess.run(["promtool", *command], cwd=MONITORING, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -36,9 +37,7 @@ def metric_names(expression: str) -> set[str]:
 
 
 def test_every_metric_in_the_rules_is_in_a_real_scrape(tmp_path: Path) -> None:
-    rules = [
-        rule for group in yaml.safe_load((MONITORING / "alerts.yaml").read_text())["groups"] for rule in group["rules"]
-    ]
+    rules = [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
     used = set().union(*(metric_names(rule["expr"]) for rule in rules))
     settings = Settings(default_adapter="tent", min_adapt_batch=2, snapshot_dir=tmp_path, memory_budget_bytes=10**9)
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:

@@ -53,6 +53,7 @@ def build_services(settings: Settings) -> Services:
         auto_create=settings.auto_create_streams,
         source_signals=settings.source_signals,
         signal_window_steps=settings.signal_window_steps,
+        guard=settings.guard,
     )
     streams = StreamManager(source, options, store)
     if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
@@ -88,6 +89,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = build_services(settings)
         metrics.services = services
         services.streams.step_observers.append(metrics.observe_step)
+        services.streams.guard_observers.append(metrics.observe_guard)
+        metrics.start_guard_series(settings.default_adapter, settings.guard.get("policy", "reset"))
         tasks: list[asyncio.Task[None]] = []
         restored = 0
         persistence = services.persistence

@@ -15,6 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from adapters.blocks.signals import ratios
+from adapters.guard import REASONS
+
 if TYPE_CHECKING:
     from tta_server.deps import Services
 
@@ -28,6 +31,7 @@ RATIO_SIGNALS = {
     "majority_share": "share of each step's batch predicted as its most frequent class (collapse)",
     "marginal_entropy": "entropy of each step's mean prediction over log(classes) (1: uniform, 0: one class)",
 }
+BN_SHIFT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # counters the stream manager keeps, exported under these names
 MANAGER_COUNTERS = {
@@ -88,7 +92,29 @@ class ServerMetrics:
             name: Histogram(f"tta_batch_{name}_ratio", text, ["adapter"], buckets=RATIO_BUCKETS, registry=self.registry)
             for name, text in RATIO_SIGNALS.items()
         }
+        self.batch_bn_shift = Histogram(
+            "tta_batch_bn_shift_nats",
+            "each step's batch statistics against the source BatchNorm statistics (Gaussian KL, mean over "
+            "channels and layers), across streams",
+            ["adapter"],
+            buckets=BN_SHIFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.guard_actions = Counter(
+            "tta_guard_actions",
+            "collapse-guard actions by adapter, reason (threshold, trend, non_finite, periodic) and action",
+            ["adapter", "reason", "action"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
+
+    def start_guard_series(self, adapter: str, policy: str) -> None:
+        """Zero series for the default adapter, so rates and alerts have data before any action."""
+        for reason in REASONS:
+            self.guard_actions.labels(adapter, reason, "reset" if reason == "periodic" else policy)
+
+    def observe_guard(self, adapter: str, reason: str, action: str) -> None:
+        self.guard_actions.labels(adapter, reason, action).inc()
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
         self.http_requests.labels(route, method, str(code)).inc()
@@ -104,6 +130,8 @@ class ServerMetrics:
         for name, histogram in self.batch_ratios.items():
             if name in signals:
                 histogram.labels(adapter).observe(signals[name])
+        if "bn_shift" in signals:
+            self.batch_bn_shift.labels(adapter).observe(signals["bn_shift"])
 
 
 class _StateCollector(Collector):
@@ -173,3 +201,34 @@ class _StateCollector(Collector):
         )
         for key, (name, text) in MANAGER_COUNTERS.items():
             yield CounterMetricFamily(name, text, value=manager.counters[key])
+        yield from _allowlisted_streams(services)
+
+
+def _allowlisted_streams(services: Services) -> Iterator[Metric]:
+    """Per-stream series, only for the operator's ``metrics_streams`` (bounded cardinality)."""
+    allowed = [services.streams.streams.get(sid) for sid in services.settings.metrics_streams]
+    held = [stream for stream in allowed if stream is not None]
+    if not services.settings.metrics_streams:
+        return
+    signal = GaugeMetricFamily(
+        "tta_stream_signal",
+        "a listed stream's label-free signals over its last closed window",
+        labels=["stream", "signal"],
+    )
+    steps = GaugeMetricFamily(
+        "tta_stream_adaptation_steps", "a listed stream's adaptation steps since its last reset", labels=["stream"]
+    )
+    state = GaugeMetricFamily("tta_stream_state_bytes", "a listed stream's state in memory", labels=["stream"])
+    actions = CounterMetricFamily(
+        "tta_stream_guard_actions", "a listed stream's guard actions by reason", labels=["stream", "reason"]
+    )
+    for stream in held:
+        online = stream.online
+        windows = online.signals.closed
+        for name, value in (ratios(windows[-1]) if windows.shape[0] else {}).items():
+            signal.add_metric([stream.stream_id, name], value)
+        steps.add_metric([stream.stream_id], online.steps)
+        state.add_metric([stream.stream_id], online.state_bytes())
+        for reason, count in zip(REASONS, online.guard.counts.tolist(), strict=True):
+            actions.add_metric([stream.stream_id, reason], count)
+    yield from (signal, steps, state, actions)

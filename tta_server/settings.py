@@ -14,7 +14,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from adapters.guard import GuardConfig
 from adapters.models.zoo import BUNDLED_MODEL
+from tta_server.streams.ids import validate_stream_id
 
 
 class Settings(BaseSettings):
@@ -87,6 +89,11 @@ class Settings(BaseSettings):
         "estimates); costs one frozen forward per step (about half a Tent step on a CPU)",
     )
     signal_window_steps: int = Field(20, ge=1, description="steps per window of a stream's signals (their trend)")
+    guard: dict[str, Any] = Field(
+        default_factory=dict,
+        description='collapse guard of streams created without one, e.g. {"policy": "reset", "thresholds": '
+        '[{"signal": "majority_share", "above": 0.5}], "reset_every_steps": 1000}; none by default',
+    )
     feedback_max_requests: int = Field(
         10_000, ge=1, description="predictions kept for POST /v1/streams/{id}/feedback (oldest dropped first)"
     )
@@ -97,6 +104,11 @@ class Settings(BaseSettings):
         300.0, gt=0, description="with snapshot_dir: readiness turns false while snapshots keep failing this long"
     )
     metrics_open: bool = Field(False, description="serve /metrics without a token even when api_tokens are set")
+    metrics_streams: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="stream ids that get their own series on /metrics (tta_stream_*; bounded: at most 100)",
+    )
     max_images_per_request: int = Field(256, ge=1, description="more images in one request: 413")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
@@ -145,6 +157,18 @@ class Settings(BaseSettings):
             if index >= torch.cuda.device_count():
                 raise ValueError(f"device {value!r}: only {torch.cuda.device_count()} CUDA device(s)")
         return value
+
+    @field_validator("metrics_streams")
+    @classmethod
+    def _stream_ids(cls, value: list[str]) -> list[str]:
+        for stream_id in value:
+            validate_stream_id(stream_id)
+        return value
+
+    @field_validator("guard")
+    @classmethod
+    def _guard_is_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return GuardConfig.model_validate(value).model_dump(mode="json", exclude_defaults=True)
 
     @field_validator("config_file")
     @classmethod

@@ -7,6 +7,7 @@ estimate (Garg et al., 2022: the share of images whose max softmax reaches the t
 held-out source data) of the adapted and of the source prediction. The adapted model's own
 confidence is no error signal on its own: entropy minimisation makes it confident exactly when
 errors pile up; agreement with the source and the ATC estimate of both are the ones to watch.
+The BatchNorm-statistics shift says how far the input has drifted from the source data.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ FIELDS = (
     "atc_images",  # images scored against the ATC threshold (the model has one)
     "atc_adapted",
     "atc_source",
+    "bn_steps",  # steps whose batch was scored against the source BatchNorm statistics
+    "bn_shift_sum",
+    "atc_source_agree",  # images the source is ATC-confident on where the adapted prediction agrees
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -39,7 +43,13 @@ RATIOS = {
     "source_agreement": ("source_agree", "source_images"),
     "atc_accuracy": ("atc_adapted", "atc_images"),
     "atc_accuracy_source": ("atc_source", "atc_images"),
+    "bn_shift": ("bn_shift_sum", "bn_steps"),
+    # the source is mostly right where it is confident (ATC's premise): disagreeing there is an error
+    "confident_source_agreement": ("atc_source_agree", "atc_source"),
 }
+# every signal a window reports: the ratios, plus the adapted minus the source ATC estimate
+# (negative: by its own confidence calibration, adaptation made the model worse than the source)
+SIGNALS: tuple[str, ...] = (*RATIOS, "atc_gap")
 
 
 def _entropy(probs: Tensor) -> Tensor:
@@ -47,8 +57,14 @@ def _entropy(probs: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def step_sums(logits: Tensor, source_logits: Tensor | None = None, atc_threshold: float | None = None) -> Tensor:
-    """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),)."""
+def step_sums(
+    logits: Tensor,
+    source_logits: Tensor | None = None,
+    atc_threshold: float | None = None,
+    bn_shift: float | None = None,
+) -> Tensor:
+    """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),); ``bn_shift`` is the batch's
+    BatchNorm-statistics shift from :mod:`adapters.blocks.bn_shift`."""
     probs = logits.float().softmax(1)
     n, classes = probs.shape
     predicted = probs.argmax(1)
@@ -65,7 +81,11 @@ def step_sums(logits: Tensor, source_logits: Tensor | None = None, atc_threshold
         if atc_threshold is not None:
             out[8] = n
             out[9] = float((probs.amax(1) >= atc_threshold).sum())
-            out[10] = float((source_probs.amax(1) >= atc_threshold).sum())
+            confident = source_probs.amax(1) >= atc_threshold
+            out[10] = float(confident.sum())
+            out[13] = float((confident & (source_probs.argmax(1) == predicted)).sum())
+    if bn_shift is not None:
+        out[11], out[12] = 1, bn_shift
     return out
 
 
@@ -77,4 +97,6 @@ def ratios(sums: Tensor) -> dict[str, float]:
         denominator = float(sums[index[bottom]])
         if denominator > 0:
             out[name] = float(sums[index[top]]) / denominator
+    if "atc_accuracy" in out:
+        out["atc_gap"] = out["atc_accuracy"] - out["atc_accuracy_source"]
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
@@ -29,6 +29,9 @@ class PredictResponse(BaseModel):
     adapter: str
     step: int = Field(description="the stream's adaptation step count after this request")
     predictions: list[Prediction]
+    guard: dict[str, Any] | None = Field(
+        None, description="what the stream's collapse guard did in this request's step (reason, action), if anything"
+    )
 
 
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY)
@@ -69,5 +72,10 @@ async def predict(
         for p, idx in zip(top_p, top_i, strict=True)
     ]
     return PredictResponse(
-        request_id=request_id, stream_id=stream_id, adapter=adapter_name, step=result.steps, predictions=predictions
+        request_id=request_id,
+        stream_id=stream_id,
+        adapter=adapter_name,
+        step=result.steps,
+        predictions=predictions,
+        guard=result.guard,
     )

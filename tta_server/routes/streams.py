@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
+from adapters.guard import GuardConfig
 from tta_server.auth import ADMIN, API
 from tta_server.codec.errors import ApiError
 from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep
@@ -22,6 +23,11 @@ class StreamCreate(BaseModel):
     stream_id: str = Field(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN)
     adapter: str | None = Field(None, description="registered adapter name (default: the server's default)")
     config: dict[str, Any] = Field(default_factory=dict, description="the adapter's config (see /v1/adapters)")
+    guard: dict[str, Any] | None = Field(
+        None,
+        description='the stream\'s collapse guard (default: the server\'s guard setting), e.g. {"policy": "rollback", '
+        '"thresholds": [{"signal": "source_agreement", "below": 0.5}], "max_drop": {"atc_accuracy": 0.1}}',
+    )
 
 
 class StreamInfo(BaseModel):
@@ -40,7 +46,13 @@ class StreamInfo(BaseModel):
     windows: dict[str, Any] = Field(
         description="label-free signals: the last step, the current window, the last closed windows and each "
         "signal's slope per window (source_agreement, atc_accuracy, atc_accuracy_source, mean_entropy, "
-        "mean_confidence, marginal_entropy, majority_share)"
+        "mean_confidence, marginal_entropy, majority_share, bn_shift, atc_gap)"
+    )
+    bn_shift_layers: list[float] = Field(
+        description="the last step's BatchNorm-statistics shift per source BatchNorm layer (Gaussian KL)"
+    )
+    guard: dict[str, Any] = Field(
+        description="the collapse guard: its config, actions by reason, pause, and the latest decision records"
     )
 
 
@@ -63,6 +75,8 @@ def _info(stream: Stream) -> StreamInfo:
         last_used_at=stream.last_used_at,
         buffered_images=stream.online.buffered_images,
         windows=stream.online.signals.report(),
+        bn_shift_layers=stream.online.last_bn_shift,
+        guard=stream.online.guard.report(),
     )
 
 
@@ -91,7 +105,12 @@ async def create_stream(body: StreamCreate, manager: ManagerDep) -> StreamInfo:
     adapter = body.adapter or manager.options.default_adapter
     if adapter not in list_adapters():
         raise ApiError(422, "unknown_adapter", f"unknown adapter {adapter!r}; registered: {', '.join(list_adapters())}")
-    return _info(manager.create(body.stream_id, adapter, body.config))
+    if body.guard is not None:
+        try:
+            GuardConfig.model_validate(body.guard)
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_guard", f"invalid guard config: {exc}") from exc
+    return _info(manager.create(body.stream_id, adapter, body.config, body.guard))
 
 
 @router.get("/memory")

@@ -18,9 +18,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from torch import Tensor
 
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
+from adapters.guard import GuardConfig
 from adapters.online import DivergenceError, OnlineStream
 from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
@@ -54,6 +56,8 @@ class StreamManager:
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
         # called after every step with (adapter, images, seconds, signals): metrics
         self.step_observers: list[Callable[[str, int, float, dict[str, float]], None]] = []
+        # called with (adapter, reason, action) for every guard action
+        self.guard_observers: list[Callable[[str, str, str], None]] = []
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
         create_adapter(options.default_adapter, source, options.default_config)
@@ -77,18 +81,30 @@ class StreamManager:
             return self.get(stream_id)
         return self.create(stream_id, self.options.default_adapter, self.options.default_config)
 
-    def create(self, stream_id: str, adapter: str, config: dict[str, Any]) -> Stream:
-        """A new stream with its own adapter; the adapter and config are validated here."""
+    def create(
+        self, stream_id: str, adapter: str, config: dict[str, Any], guard: dict[str, Any] | None = None
+    ) -> Stream:
+        """A new stream with its own adapter and guard (default: the server's); both configs are
+        validated here."""
         validate_stream_id(stream_id)
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
+        try:
+            guard_config = GuardConfig.model_validate(self.options.guard if guard is None else guard)
+        except ValidationError as exc:
+            raise AdapterError(f"invalid guard config: {exc}") from exc
         adapted = create_adapter(adapter, self.source, config)
         options = self.options
         online = OnlineStream(
-            adapted, options.min_adapt_batch, self.frozen, options.source_signals, options.signal_window_steps
+            adapted,
+            options.min_adapt_batch,
+            self.frozen,
+            options.source_signals,
+            options.signal_window_steps,
+            guard_config,
         )
         # a new stream's state counts before it is held, so the budget is never exceeded
         self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())
@@ -97,7 +113,7 @@ class StreamManager:
 
     def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         try:
-            stream = self.create(stream_id, state["adapter"], state["config"])
+            stream = self.create(stream_id, state["adapter"], state["config"], state.get("guard"))
         except (AdapterError, KeyError) as exc:  # an adapter or config this server does not know
             raise SnapshotError(f"snapshot of stream {stream_id!r} cannot be loaded here: {exc}") from exc
         try:
@@ -204,10 +220,22 @@ class StreamManager:
                 logits = s.online.step(batch)
             finally:
                 s.version += 1  # a diverged step is undone, but a snapshot pass may rewrite it harmlessly
+                decision = s.online.last_decision
+                if decision is not None:
+                    logger.warning("stream %s: guard %s", s.stream_id, decision.report())
+                    for notify in self.guard_observers:
+                        notify(s.online.name, decision.reason, decision.action)
             seconds, signals = time.perf_counter() - started, s.online.signals.report()["last_step"]
             for observe in self.step_observers:
                 observe(s.online.name, batch.shape[0], seconds, signals)
-            return StepResult(logits, s.online.steps, s.online.name, s.online.last_source_classes)
+            decision = s.online.last_decision
+            return StepResult(
+                logits,
+                s.online.steps,
+                s.online.name,
+                s.online.last_source_classes,
+                decision.report() if decision else None,
+            )
 
         try:
             result = await self.run(stream, work, images=batch.shape[0])

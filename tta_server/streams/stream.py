@@ -17,6 +17,7 @@ class StepResult(NamedTuple):
     steps: int  # the stream's adaptation step count after this request
     adapter: str
     source_classes: Tensor | None  # (N,) the frozen source model's classes, with source_signals
+    guard: dict[str, Any] | None = None  # what the guard did in this step, if anything
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class StreamOptions:
     auto_create: bool = True
     source_signals: bool = True  # each step's signals compare with the frozen source prediction
     signal_window_steps: int = 20
+    guard: dict[str, Any] = field(default_factory=dict)  # GuardConfig of streams created without one
 
 
 @dataclass

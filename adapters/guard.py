@@ -1,0 +1,237 @@
+"""A stream's collapse guard: when the label-free signals say adaptation hurts, act on it.
+
+Triggers, checked each time a signal window closes (see :mod:`adapters.signal_windows`):
+
+* ``thresholds``: a closed window's signal below or above a limit;
+* ``max_drop``: a signal falling by more than a limit between two consecutive closed windows
+  (error accumulation: the estimate keeps sinking);
+* ``non_finite``: a step that produced NaN/inf (the step is undone first, then the policy acts);
+* ``reset_every_steps``: periodically, whatever the signals say (RDumb's baseline).
+
+Policies: ``reset`` (back to the source), ``rollback`` (to the last state whose window fired no
+trigger; the source if there is none yet) or ``pause`` (predict without adapting for
+``pause_steps`` steps). The periodic trigger always resets. After an action the window in progress
+is discarded, so the next decision looks only at images seen after it. Every decision is counted
+by reason and kept (the last ``keep_decisions``) as a record; counts, records, the pause and the
+last good state are tensors of the stream's state, so they survive snapshots and spills, and the
+last good state counts in the stream's state bytes.
+
+The server and ``tta-bench replay --guard`` run the same :class:`adapters.online.OnlineStream`
+with this guard, so the same images give the same decisions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import Tensor
+
+from adapters.blocks.signals import SIGNALS, ratios
+
+Policy = Literal["reset", "rollback", "pause"]
+REASONS = ("threshold", "trend", "non_finite", "periodic")
+ACTIONS = ("reset", "rollback", "pause")
+PREFIX = "guard."
+GOOD_PREFIX = "guard.good."
+
+
+def _known_signal(name: str) -> str:
+    if name not in SIGNALS:
+        raise ValueError(f"unknown signal {name!r}; known: {', '.join(SIGNALS)}")
+    return name
+
+
+class Threshold(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signal: str = Field(description="a windowed signal, e.g. source_agreement or majority_share")
+    below: float | None = Field(None, description="fire when the window's value is below this")
+    above: float | None = Field(None, description="fire when the window's value is above this")
+
+    _signal = field_validator("signal")(_known_signal)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Threshold:
+        if self.below is None and self.above is None:
+            raise ValueError(f"threshold on {self.signal!r} needs 'below' or 'above'")
+        return self
+
+
+class GuardConfig(BaseModel):
+    """A stream's guard; the default has no trigger (a diverged step is only undone)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = Field("reset", description="what a threshold, trend or non-finite trigger does")
+    thresholds: tuple[Threshold, ...] = Field((), description="limits on a closed window's signals")
+    max_drop: dict[str, float] = Field(
+        default_factory=dict, description="signal -> largest allowed fall between consecutive windows"
+    )
+    non_finite: bool = Field(False, description="a diverged (non-finite, undone) step triggers the policy")
+    reset_every_steps: int | None = Field(None, ge=1, description="reset after this many adaptation steps")
+    pause_steps: int = Field(100, ge=1, description="steps without adaptation under the pause policy")
+    keep_decisions: int = Field(32, ge=1, le=1024, description="decision records kept")
+
+    @field_validator("max_drop")
+    @classmethod
+    def _drops(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, drop in value.items():
+            _known_signal(name)
+            if not drop > 0:
+                raise ValueError(f"max_drop[{name!r}] must be > 0, got {drop}")
+        return value
+
+    @property
+    def active(self) -> bool:
+        return bool(self.thresholds or self.max_drop or self.reset_every_steps or self.non_finite)
+
+
+class Decision(NamedTuple):
+    reason: str
+    action: str
+    signal: str | None = None
+    value: float | None = None
+    limit: float | None = None
+
+    def report(self) -> dict[str, Any]:
+        return {k: v for k, v in self._asdict().items() if v is not None}
+
+
+# a decision record's tensor row: step, images, reason, action, signal, value, limit (NaN: none)
+_ROW = 7
+
+
+class Guard:
+    """Decides; :class:`~adapters.online.OnlineStream` applies the decision to its adapter."""
+
+    def __init__(self, config: GuardConfig | dict[str, Any] | None = None) -> None:
+        self.config = config if isinstance(config, GuardConfig) else GuardConfig.model_validate(config or {})
+        self.clear()
+
+    def clear(self) -> None:
+        self.counts = torch.zeros(len(REASONS), dtype=torch.int64)
+        self.records = torch.zeros((0, _ROW), dtype=torch.float64)
+        self.paused_steps_left = 0
+        self.windows_since_action = 0
+        self.images = 0  # images the stream has seen (decision records say when)
+        self.good: dict[str, Any] | None = None  # the adapter's last good state (rollback only)
+
+    # -- deciding ---------------------------------------------------------------------------------
+    def on_window(self, closed: Tensor) -> Decision | None:
+        """A window just closed (``closed``: the closed windows' sums, oldest first)."""
+        self.windows_since_action += 1
+        values = ratios(closed[-1])
+        for rule in self.config.thresholds:
+            value = values.get(rule.signal)
+            if value is None:
+                continue
+            if rule.below is not None and value < rule.below:
+                return self._decide("threshold", rule.signal, value, rule.below)
+            if rule.above is not None and value > rule.above:
+                return self._decide("threshold", rule.signal, value, rule.above)
+        if self.windows_since_action >= 2 and closed.shape[0] >= 2:
+            before = ratios(closed[-2])
+            for name, drop in self.config.max_drop.items():
+                if name in values and name in before and before[name] - values[name] > drop:
+                    return self._decide("trend", name, before[name] - values[name], drop)
+        return None
+
+    def on_step(self, adaptation_steps: int) -> Decision | None:
+        every = self.config.reset_every_steps
+        if every is not None and adaptation_steps >= every:
+            return Decision("periodic", "reset", None, float(adaptation_steps), float(every))
+        return None
+
+    def on_non_finite(self) -> Decision | None:
+        return self._decide("non_finite") if self.config.non_finite else None
+
+    def _decide(
+        self, reason: str, signal: str | None = None, value: float | None = None, limit: float | None = None
+    ) -> Decision:
+        return Decision(reason, self.config.policy, signal, value, limit)
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_steps_left > 0
+
+    def tick(self, images: int) -> None:
+        """A step of ``images`` images went by (a paused stream counts down)."""
+        self.images += images
+        self.paused_steps_left = max(0, self.paused_steps_left - 1)
+
+    def record(self, decision: Decision, step: int) -> None:
+        """Count and keep ``decision``, taken at the adapter's step ``step``."""
+        self.counts[REASONS.index(decision.reason)] += 1
+        signal = float(SIGNALS.index(decision.signal)) if decision.signal else math.nan
+        row = [step, self.images, REASONS.index(decision.reason), ACTIONS.index(decision.action), signal]
+        row += [math.nan if v is None else v for v in (decision.value, decision.limit)]
+        self.records = torch.cat([self.records, torch.tensor([row], dtype=torch.float64)])
+        self.records = self.records[-self.config.keep_decisions :]
+        self.windows_since_action = 0
+        if decision.action == "pause":
+            self.paused_steps_left = self.config.pause_steps
+
+    # -- reporting and state ----------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        decisions = []
+        for row in self.records.tolist():
+            record: dict[str, Any] = {
+                "step": int(row[0]),
+                "images": int(row[1]),
+                "reason": REASONS[int(row[2])],
+                "action": ACTIONS[int(row[3])],
+            }
+            if not math.isnan(row[4]):
+                record["signal"] = SIGNALS[int(row[4])]
+            record.update({k: v for k, v in (("value", row[5]), ("limit", row[6])) if not math.isnan(v)})
+            decisions.append(record)
+        return {
+            "config": self.config.model_dump(mode="json", exclude_none=True),
+            "actions": dict(zip(REASONS, self.counts.tolist(), strict=True)),
+            "images": self.images,
+            "paused_steps_left": self.paused_steps_left,
+            "has_good_state": self.good is not None,
+            "decisions": decisions,
+        }
+
+    def good_bytes(self) -> int:
+        if self.good is None:
+            return 0
+        return sum(t.numel() * t.element_size() for t in self.good["tensors"].values())
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        meta = torch.tensor([self.paused_steps_left, self.windows_since_action, self.images], dtype=torch.int64)
+        tensors = {f"{PREFIX}counts": self.counts.clone(), f"{PREFIX}records": self.records.clone()}
+        tensors[f"{PREFIX}meta"] = meta
+        if self.good is not None:
+            tensors.update({f"{GOOD_PREFIX}{k}": v for k, v in self.good["tensors"].items()})
+            tensors[f"{PREFIX}good_generator"] = self.good["generator"]
+            tensors[f"{PREFIX}good_steps"] = torch.tensor([self.good["steps"]], dtype=torch.int64)
+        return tensors
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Pop the ``guard.*`` tensors from ``tensors`` (absent: a fresh guard); raises ValueError
+        on a malformed layout without changing this guard."""
+        mine = {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(PREFIX)]}
+        if not mine:
+            self.clear()
+            return
+        counts, records, meta = (mine.pop(f"{PREFIX}{k}", None) for k in ("counts", "records", "meta"))
+        if counts is None or counts.shape != (len(REASONS),) or records is None or meta is None:
+            raise ValueError("guard state is malformed (counts, records or meta missing or misshapen)")
+        if records.dim() != 2 or records.shape[1] != _ROW or meta.shape != (3,):
+            raise ValueError(f"guard records have shape {tuple(records.shape)}, expected (K, {_ROW})")
+        generator, steps = mine.pop(f"{PREFIX}good_generator", None), mine.pop(f"{PREFIX}good_steps", None)
+        good_tensors = {k[len(GOOD_PREFIX) :]: v for k, v in mine.items() if k.startswith(GOOD_PREFIX)}
+        if len(good_tensors) != len(mine) or (good_tensors and (generator is None or steps is None)):
+            raise ValueError(f"guard state has unexpected tensors {sorted(set(mine) - set(good_tensors))[:3]}")
+        self.counts, self.records = counts.long().clone(), records.double().clone()
+        self.paused_steps_left, self.windows_since_action, self.images = (int(v) for v in meta.tolist())
+        self.good = (
+            {"tensors": good_tensors, "generator": generator, "steps": int(steps.item())}
+            if good_tensors and generator is not None and steps is not None
+            else None
+        )

@@ -1,0 +1,179 @@
+"""The collapse guard (adapters.guard) inside OnlineStream: triggers, policies, records, state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
+from adapters.blocks.bn_shift import batchnorm_probe
+from adapters.blocks.signals import step_sums
+from adapters.guard import Guard, GuardConfig
+from adapters.online import DivergenceError, OnlineStream
+from adapters.state_io import decode_state, encode_state
+from tests.conftest import image_batch
+
+ALWAYS = {"signal": "source_agreement", "below": 1.01}  # agreement is at most 1: fires on every window
+
+
+def guarded(source: SourceModel, guard: dict[str, object], window_steps: int = 1) -> OnlineStream:
+    frozen = get_frozen_forward(source, "torch")
+    return OnlineStream(create_adapter("tent", source), 1, frozen, True, window_steps, guard)
+
+
+def flat_images(n: int) -> torch.Tensor:
+    """Constant grey images: BatchNorm sees (almost) no variance, far from the source statistics."""
+    return torch.full((n, 3, 32, 32), 0.5)
+
+
+def shift_limit(source: SourceModel) -> float:
+    """A BatchNorm-shift limit between smooth random images and flat grey ones."""
+    probe = batchnorm_probe(source)
+    assert probe is not None and probe.layers
+    smooth = max(float(probe(image_batch(8, seed=seed))[1].mean()) for seed in range(1, 6))
+    flat = float(probe(flat_images(8))[1].mean())
+    assert flat > smooth + 0.3 and smooth > 0
+    return (smooth + flat) / 2
+
+
+def test_a_threshold_fires_when_its_window_closes_and_resets(tiny_source: SourceModel) -> None:
+    stream = guarded(tiny_source, {"thresholds": [ALWAYS]}, window_steps=2)
+    stream.step(image_batch(8, seed=1))
+    assert stream.steps == 1 and stream.last_decision is None  # the window is still open
+    stream.step(image_batch(8, seed=2))
+    assert stream.steps == 0 and stream.last_decision is not None
+    report = stream.guard.report()
+    assert report["actions"]["threshold"] == 1
+    (record,) = report["decisions"]
+    assert record["reason"] == "threshold" and record["action"] == "reset" and record["signal"] == "source_agreement"
+    assert record["step"] == 2 and record["images"] == 16 and 0 <= record["value"] <= 1 and record["limit"] == 1.01
+
+
+def test_a_trend_fires_when_a_signal_falls_between_consecutive_windows() -> None:
+    logits = torch.eye(10) * 5
+    agreeing = step_sums(logits, logits)  # source agreement 1.0
+    half = step_sums(logits, torch.cat([logits[:5], logits[5:].roll(1, 0)]))  # 0.5
+    guard = Guard({"max_drop": {"source_agreement": 0.3}})
+    assert guard.on_window(agreeing[None]) is None  # one window has no trend
+    assert guard.on_window(torch.stack([agreeing, agreeing])) is None  # no fall
+    fired = guard.on_window(torch.stack([agreeing, agreeing, half]))
+    assert fired is not None and fired.reason == "trend" and fired.signal == "source_agreement"
+    assert math.isclose(fired.value or 0, 0.5) and fired.limit == 0.3
+    gentle = Guard({"max_drop": {"source_agreement": 0.6}})
+    gentle.on_window(agreeing[None])
+    assert gentle.on_window(torch.stack([agreeing, half])) is None  # a fall of 0.5 <= 0.6
+
+
+def test_a_trend_never_spans_an_action() -> None:
+    """After an action the next window alone cannot show a fall: it needs two windows after it."""
+    logits = torch.eye(10) * 5
+    agreeing, half = step_sums(logits, logits), step_sums(logits, torch.cat([logits[:5], logits[5:].roll(1, 0)]))
+    guard = Guard({"max_drop": {"source_agreement": 0.3}})
+    guard.on_window(agreeing[None])
+    fired = guard.on_window(torch.stack([agreeing, half]))
+    assert fired is not None
+    guard.record(fired, step=2)
+    assert guard.on_window(torch.stack([agreeing, half, agreeing])) is None
+    assert guard.on_window(torch.stack([agreeing, half, agreeing, half])) is not None
+
+
+def test_rollback_returns_to_the_last_good_state(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {"policy": "rollback", "thresholds": [{"signal": "bn_shift", "above": limit}]}
+    stream = guarded(tiny_source, guard)
+    stream.step(image_batch(8, seed=1))
+    stream.step(image_batch(8, seed=2))
+    good = stream.adapter.state_dict()
+    assert stream.guard.good is not None and stream.state_bytes() > create_adapter("tent", tiny_source).state_bytes()
+    stream.step(flat_images(8))  # adapts on it, then the window's BatchNorm shift fires
+    assert stream.last_decision is not None and stream.last_decision.action == "rollback"
+    after = stream.adapter.state_dict()
+    assert after["steps"] == good["steps"] == 2 and torch.equal(after["generator"], good["generator"])
+    for key, value in good["tensors"].items():
+        assert torch.equal(after["tensors"][key], value), key
+    assert stream.guard.report()["decisions"][0]["signal"] == "bn_shift"
+
+
+def test_rollback_without_a_good_state_resets(tiny_source: SourceModel) -> None:
+    stream = guarded(tiny_source, {"policy": "rollback", "thresholds": [ALWAYS]})
+    stream.step(image_batch(8, seed=1))
+    assert stream.steps == 0 and stream.guard.good is None and stream.guard.counts.sum() == 1
+
+
+def test_pause_predicts_without_adapting_for_pause_steps(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {"policy": "pause", "pause_steps": 2, "thresholds": [{"signal": "bn_shift", "above": limit}]}
+    stream = guarded(tiny_source, guard)
+    stream.step(image_batch(8, seed=1))
+    stream.step(flat_images(8))
+    assert stream.steps == 2 and stream.guard.paused
+    paused_state = stream.adapter.state_dict()["tensors"]
+    expected = stream.adapter.predict(image_batch(8, seed=3))
+    assert torch.equal(stream.step(image_batch(8, seed=3)), expected)  # a prediction, no update
+    stream.step(image_batch(8, seed=4))
+    assert stream.steps == 2 and not stream.guard.paused
+    for key, value in paused_state.items():
+        assert torch.equal(stream.adapter.state_dict()["tensors"][key], value), key
+    stream.step(image_batch(8, seed=5))
+    assert stream.steps == 3
+
+
+def test_periodic_reset_after_every_n_adaptation_steps(tiny_source: SourceModel) -> None:
+    stream = guarded(tiny_source, {"reset_every_steps": 3}, window_steps=100)
+    steps = []
+    for seed in range(7):
+        stream.step(image_batch(8, seed=seed))
+        steps.append(stream.steps)
+    assert steps == [1, 2, 0, 1, 2, 0, 1]
+    assert stream.guard.report()["actions"] == {"threshold": 0, "trend": 0, "non_finite": 0, "periodic": 2}
+
+
+def test_a_non_finite_step_is_undone_then_the_policy_acts(tiny_source: SourceModel) -> None:
+    stream = guarded(tiny_source, {"non_finite": True}, window_steps=100)
+    stream.step(image_batch(8, seed=1))
+    update = stream.adapter._forward_and_adapt
+
+    def diverging(x: torch.Tensor) -> torch.Tensor:
+        logits = update(x)
+        with torch.no_grad():
+            next(iter(stream.adapter._state_tensors().values())).fill_(float("nan"))
+        return logits
+
+    stream.adapter._forward_and_adapt = diverging  # type: ignore[method-assign]
+    with pytest.raises(DivergenceError, match="undone and the guard reset the stream"):
+        stream.step(image_batch(8, seed=2))
+    assert stream.steps == 0 and stream.adapter.state_is_finite()
+    assert stream.guard.report()["actions"]["non_finite"] == 1
+
+
+def test_the_guard_travels_with_the_state_and_a_different_guard_is_refused(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {"policy": "rollback", "thresholds": [{"signal": "bn_shift", "above": limit}]}
+    original = guarded(tiny_source, guard)
+    for batch in (image_batch(8, seed=1), image_batch(8, seed=2), flat_images(8)):
+        original.step(batch)
+    tensors, metadata = encode_state(original.state_dict())
+    resumed = guarded(tiny_source, guard)
+    resumed.load_state_dict(decode_state(tensors, metadata))
+    assert resumed.guard.report() == original.guard.report()
+    assert resumed.state_bytes() == original.state_bytes()
+    for seed in (3, 4):
+        assert torch.equal(resumed.step(image_batch(8, seed=seed)), original.step(image_batch(8, seed=seed)))
+    other = guarded(tiny_source, {"policy": "reset"})
+    with pytest.raises(AdapterError, match="another guard config"):
+        other.load_state_dict(original.state_dict())
+    assert other.guard.counts.sum() == 0
+
+
+def test_guard_configs_are_validated() -> None:
+    with pytest.raises(ValidationError, match="unknown signal"):
+        GuardConfig.model_validate({"thresholds": [{"signal": "accuracy", "below": 0.5}]})
+    with pytest.raises(ValidationError, match="needs 'below' or 'above'"):
+        GuardConfig.model_validate({"thresholds": [{"signal": "majority_share"}]})
+    with pytest.raises(ValidationError, match="must be > 0"):
+        GuardConfig.model_validate({"max_drop": {"atc_accuracy": -0.1}})
+    with pytest.raises(ValidationError):
+        GuardConfig.model_validate({"policy": "explode"})
