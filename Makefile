@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
-EXTRAS ?= cpu,bench,dev
+EXTRAS ?= cpu,bench,dev,ray
 
 .PHONY: install serve test test-all lint bench-frozen clean
 

@@ -106,6 +106,21 @@ class Adapter(ABC):
     def _diagnostics(self) -> dict[str, float]:
         return {}
 
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The adapted parameters and the source tensors they started from (none: not measured)."""
+        return [], []
+
+    def parameter_distance(self) -> float | None:
+        """Relative L2 distance of the adapted parameters from the source's: ||theta - theta_0|| /
+        ||theta_0|| (drift of the model itself; None where the adapter trains no source parameter)."""
+        adapted, source = self._parameter_pairs()
+        if not adapted:
+            return None
+        with torch.no_grad():
+            moved = sum(float((a.float() - s.float()).square().sum()) for a, s in zip(adapted, source, strict=True))
+            size = sum(float(s.float().square().sum()) for s in source)
+        return math.sqrt(moved / size) if size > 0 else None
+
     # -- the public interface ------------------------------------------------------------------
     def forward_and_adapt(self, x: Tensor) -> Tensor:
         """Predict ``x`` (N, 3, H, W) in [0, 1], then adapt on it; returns detached logits.

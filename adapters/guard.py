@@ -9,8 +9,12 @@ Triggers, checked each time a signal window closes (see :mod:`adapters.signal_wi
 * ``reset_every_steps``: periodically, whatever the signals say (RDumb's baseline).
 
 Policies: ``reset`` (back to the source), ``rollback`` (to the last state whose window fired no
-trigger; the source if there is none yet) or ``pause`` (predict without adapting for
-``pause_steps`` steps). The periodic trigger always resets. After an action the window in progress
+trigger; the source if there is none yet), ``pause`` (predict without adapting for
+``pause_steps`` steps) or ``fallback`` (answer with the frozen source model and stop adapting
+while the triggers fire: the adapter keeps predicting in the shadow, its signals are still
+windowed, and the first window that fires nothing resumes adaptation; for data where the method
+itself is worse than no adaptation, e.g. test-batch statistics on label-correlated batches,
+which no reset can fix). The periodic trigger always resets. After an action the window in progress
 is discarded, so the next decision looks only at images seen after it. Every decision is counted
 by reason and kept (the last ``keep_decisions``) as a record; counts, records, the pause and the
 last good state are tensors of the stream's state, so they survive snapshots and spills, and the
@@ -31,9 +35,9 @@ from torch import Tensor
 
 from adapters.blocks.signals import SIGNALS, ratios
 
-Policy = Literal["reset", "rollback", "pause"]
-REASONS = ("threshold", "trend", "non_finite", "periodic")
-ACTIONS = ("reset", "rollback", "pause")
+Policy = Literal["reset", "rollback", "pause", "fallback"]
+REASONS = ("threshold", "trend", "non_finite", "periodic", "recovered")
+ACTIONS = ("reset", "rollback", "pause", "fallback", "resume")
 PREFIX = "guard."
 GOOD_PREFIX = "guard.good."
 
@@ -115,6 +119,7 @@ class Guard:
         self.counts = torch.zeros(len(REASONS), dtype=torch.int64)
         self.records = torch.zeros((0, _ROW), dtype=torch.float64)
         self.paused_steps_left = 0
+        self.falling_back = False  # the fallback policy: answering with the source for now
         self.windows_since_action = 0
         self.images = 0  # images the stream has seen (decision records say when)
         self.good: dict[str, Any] | None = None  # the adapter's last good state (rollback only)
@@ -123,6 +128,12 @@ class Guard:
     def on_window(self, closed: Tensor) -> Decision | None:
         """A window just closed (``closed``: the closed windows' sums, oldest first)."""
         self.windows_since_action += 1
+        fired = self._triggered(closed)
+        if self.falling_back:
+            return Decision("recovered", "resume") if fired is None else None
+        return fired
+
+    def _triggered(self, closed: Tensor) -> Decision | None:
         values = ratios(closed[-1])
         for rule in self.config.thresholds:
             value = values.get(rule.signal)
@@ -157,6 +168,10 @@ class Guard:
     def paused(self) -> bool:
         return self.paused_steps_left > 0
 
+    @property
+    def adapting(self) -> bool:
+        return not self.paused and not self.falling_back
+
     def tick(self, images: int) -> None:
         """A step of ``images`` images went by (a paused stream counts down)."""
         self.images += images
@@ -173,6 +188,7 @@ class Guard:
         self.windows_since_action = 0
         if decision.action == "pause":
             self.paused_steps_left = self.config.pause_steps
+        self.falling_back = decision.action == "fallback" or (self.falling_back and decision.action != "resume")
 
     # -- reporting and state ----------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -193,6 +209,7 @@ class Guard:
             "actions": dict(zip(REASONS, self.counts.tolist(), strict=True)),
             "images": self.images,
             "paused_steps_left": self.paused_steps_left,
+            "falling_back": self.falling_back,
             "has_good_state": self.good is not None,
             "decisions": decisions,
         }
@@ -203,9 +220,10 @@ class Guard:
         return sum(t.numel() * t.element_size() for t in self.good["tensors"].values())
 
     def state_tensors(self) -> dict[str, Tensor]:
-        meta = torch.tensor([self.paused_steps_left, self.windows_since_action, self.images], dtype=torch.int64)
+        meta = [self.paused_steps_left, self.windows_since_action, self.images, int(self.falling_back)]
+        tensors_meta = torch.tensor(meta, dtype=torch.int64)
         tensors = {f"{PREFIX}counts": self.counts.clone(), f"{PREFIX}records": self.records.clone()}
-        tensors[f"{PREFIX}meta"] = meta
+        tensors[f"{PREFIX}meta"] = tensors_meta
         if self.good is not None:
             tensors.update({f"{GOOD_PREFIX}{k}": v for k, v in self.good["tensors"].items()})
             tensors[f"{PREFIX}good_generator"] = self.good["generator"]
@@ -222,14 +240,15 @@ class Guard:
         counts, records, meta = (mine.pop(f"{PREFIX}{k}", None) for k in ("counts", "records", "meta"))
         if counts is None or counts.shape != (len(REASONS),) or records is None or meta is None:
             raise ValueError("guard state is malformed (counts, records or meta missing or misshapen)")
-        if records.dim() != 2 or records.shape[1] != _ROW or meta.shape != (3,):
+        if records.dim() != 2 or records.shape[1] != _ROW or meta.shape != (4,):
             raise ValueError(f"guard records have shape {tuple(records.shape)}, expected (K, {_ROW})")
         generator, steps = mine.pop(f"{PREFIX}good_generator", None), mine.pop(f"{PREFIX}good_steps", None)
         good_tensors = {k[len(GOOD_PREFIX) :]: v for k, v in mine.items() if k.startswith(GOOD_PREFIX)}
         if len(good_tensors) != len(mine) or (good_tensors and (generator is None or steps is None)):
             raise ValueError(f"guard state has unexpected tensors {sorted(set(mine) - set(good_tensors))[:3]}")
         self.counts, self.records = counts.long().clone(), records.double().clone()
-        self.paused_steps_left, self.windows_since_action, self.images = (int(v) for v in meta.tolist())
+        self.paused_steps_left, self.windows_since_action, self.images, falling_back = (int(v) for v in meta.tolist())
+        self.falling_back = bool(falling_back)
         self.good = (
             {"tensors": good_tensors, "generator": generator, "steps": int(steps.item())}
             if good_tensors and generator is not None and steps is not None

@@ -77,6 +77,8 @@ class OnlineStream:
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
         self.last_bn_shift: list[float] = []  # per BatchNorm layer, for the last step
         self.guard = Guard(guard)
+        if self.guard.config.policy == "fallback" and frozen is None:
+            raise ValueError("the guard's fallback policy needs the frozen forward that answers instead")
         self.last_decision: Decision | None = None  # what the guard did in the last step, if anything
 
     @property
@@ -103,6 +105,7 @@ class OnlineStream:
         batch = batch.to(self.device)
         self.last_decision = None
         before = self._core_state()  # the guard's state does not change until the step succeeded
+        steps_before = self.adapter.steps
         try:
             logits, source_logits = self._step(batch)
             if not bool(torch.isfinite(logits).all()) or not self.adapter.state_is_finite():
@@ -116,12 +119,22 @@ class OnlineStream:
             self._load_core_state(before)
             raise
         shift = None
-        if self.source_signals and source_logits is None:
+        falling_back = self.guard.falling_back
+        if (self.source_signals or falling_back) and source_logits is None:
             source_logits, shift = self._source_forward(batch)
-        closed = self.signals.add(step_sums(logits, source_logits, self.atc_threshold, shift))
+        # falling back, the source answers; the adapter's own (shadow) prediction feeds the signals
+        answer = source_logits if falling_back and source_logits is not None else logits
+        adapted: dict[str, float] = {}
+        if self.adapter.steps > steps_before:  # an update happened: the model itself moved
+            distance = self.adapter.parameter_distance()
+            if distance is not None:
+                adapted["parameter_distance"] = distance
+            if "teacher_agreement" in (diagnostics := self.adapter.diagnostics()):
+                adapted["teacher_agreement"] = diagnostics["teacher_agreement"]
+        closed = self.signals.add(step_sums(logits, source_logits, self.atc_threshold, shift, adapted))
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
         self._after_step(batch.shape[0], closed)
-        return logits.cpu()
+        return answer.cpu()
 
     def _source_forward(self, batch: Tensor) -> tuple[Tensor, float | None]:
         if self.probe is None:
@@ -149,6 +162,10 @@ class OnlineStream:
         good = self.guard.good
         if decision.action == "pause":
             return f"the guard paused adaptation for {self.guard.config.pause_steps} steps"
+        if decision.action == "fallback":
+            return "the guard answers with the source model (adaptation stopped) until the signals recover"
+        if decision.action == "resume":
+            return "the signals recovered: adaptation resumed"
         if decision.action == "rollback" and good is not None:
             adapter = self.adapter
             adapter.load_state_dict(
@@ -168,7 +185,7 @@ class OnlineStream:
 
     def _step(self, batch: Tensor) -> tuple[Tensor, Tensor | None]:
         """The batch's logits, and the source's when they were computed on the way."""
-        adapter, n, adapt = self.adapter, batch.shape[0], not self.guard.paused
+        adapter, n, adapt = self.adapter, batch.shape[0], self.guard.adapting
         if n >= self.min_adapt_batch:
             logits = adapter.forward_and_adapt(batch) if adapt else adapter.predict(batch)
             self.recent = batch[-self.min_adapt_batch :]
@@ -179,7 +196,7 @@ class OnlineStream:
         source_logits = None if enough_context else self.frozen(batch)
         logits = adapter.predict(context)[-n:] if source_logits is None else source_logits
         self.recent = context[-self.min_adapt_batch :]
-        if adapt:  # a paused stream buffers nothing: those images are never adapted on
+        if adapt:  # a paused or falling-back stream buffers nothing: those images are never adapted on
             self.pending = torch.cat([self.pending, batch])
         if self.pending.shape[0] >= self.min_adapt_batch:
             adapter.forward_and_adapt(self.pending)
@@ -192,6 +209,7 @@ class OnlineStream:
         self.recent, self.pending = self.recent[:0], self.pending[:0]
         self.signals.reset()
         self.guard.paused_steps_left, self.guard.windows_since_action, self.guard.good = 0, 0, None
+        self.guard.falling_back = False
 
     def state_bytes(self) -> int:
         """The adapter's per-stream tensors, the buffered images and the guard's last good state."""

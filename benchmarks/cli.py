@@ -180,10 +180,28 @@ def main(argv: list[str] | None = None) -> None:
     )
     long.add_argument("--delta", type=float, default=0.1, help="Dirichlet delta (default: %(default)s)")
     long.add_argument("--reset-every-steps", type=int, default=1000, help="periodic reset (default: %(default)s)")
-    long.add_argument("--window-steps", type=int, default=10, help="signal window (default: %(default)s)")
+    long.add_argument("--window-steps", type=int, default=5, help="signal window (default: %(default)s)")
     long.add_argument("--guard", type=json.loads, default=None, help="guard JSON (default: long_streams.GUARD)")
     long.add_argument("--out", type=Path, default=Path("runs/long-streams"), help="(default: %(default)s)")
     long.add_argument("--model", default="cifar10-airbench", help="(default: %(default)s)")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="replays over adapter x setting x seed, sequentially or on a Ray cluster",
+        description="Writes sweep.json (results, and timings apart) and sweep.md to --out.",
+    )
+    sweep.add_argument("--data", type=Path, required=True, help="CIFAR-10-C directory (tta-bench make-cifar10c)")
+    sweep.add_argument("--adapters", default="norm,tent", help="(default: %(default)s)")
+    sweep.add_argument("--settings", default="continual", help="comma-separated (default: %(default)s)")
+    sweep.add_argument("--seeds", default="0", help="comma-separated (default: %(default)s)")
+    sweep.add_argument("--n-per-domain", type=int, default=None, help="(default: all)")
+    sweep.add_argument("--batch-size", type=int, default=200, help="(default: %(default)s)")
+    sweep.add_argument("--threads", type=int, default=1, help="torch threads per point (default: %(default)s)")
+    sweep.add_argument(
+        "--ray-address", default=None, help="Ray cluster (auto, ray://host:10001) or 'local' (default: sequential)"
+    )
+    sweep.add_argument("--model", default="cifar10-airbench", help="(default: %(default)s)")
+    sweep.add_argument("--out", type=Path, default=Path("runs/sweep"), help="(default: %(default)s)")
 
     args, rest = parser.parse_known_args(argv)
     if args.command == "train-source":
@@ -334,6 +352,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         print((args.out / "long_streams.md").read_text())
         print(f"wrote {args.out}/long_streams.{{json,md}} and long_streams_*.png")
+    elif args.command == "sweep":
+        from benchmarks.sweep import run_sweep, sweep_points, sweep_table
+
+        points = sweep_points(
+            args.adapters.split(","), args.settings.split(","), [int(s) for s in args.seeds.split(",")]
+        )
+        base = {"n_per_domain": args.n_per_domain, "batch_size": args.batch_size}
+        result = run_sweep(args.model, args.data, points, base, args.ray_address, args.threads, args.out)
+        print(sweep_table(result))
+        print(f"wrote {args.out}/sweep.json and sweep.md")
     elif args.command == "working-memory":
         from benchmarks.working_memory import run_working_memory
 

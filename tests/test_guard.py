@@ -121,6 +121,26 @@ def test_pause_predicts_without_adapting_for_pause_steps(tiny_source: SourceMode
     assert stream.steps == 3
 
 
+def test_fallback_answers_with_the_source_until_the_shadow_signals_recover(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {"policy": "fallback", "thresholds": [{"signal": "bn_shift", "above": limit}]}
+    stream = guarded(tiny_source, guard)
+    frozen = get_frozen_forward(tiny_source, "torch")
+    stream.step(image_batch(8, seed=1))
+    stream.step(flat_images(8))  # adapted on, then the window fires: fall back
+    assert stream.guard.falling_back and stream.steps == 2
+    flat = flat_images(8)
+    torch.testing.assert_close(stream.step(flat), frozen(flat))  # the source answers, no update
+    assert stream.steps == 2 and stream.guard.falling_back  # the shadow window still fires
+    smooth = image_batch(8, seed=3)
+    torch.testing.assert_close(stream.step(smooth), frozen(smooth))  # this window recovers ...
+    assert not stream.guard.falling_back and stream.last_decision is not None
+    assert stream.last_decision.reason == "recovered" and stream.last_decision.action == "resume"
+    stream.step(image_batch(8, seed=4))  # ... and adaptation resumes
+    assert stream.steps == 3
+    assert [d["action"] for d in stream.guard.report()["decisions"]] == ["fallback", "resume"]
+
+
 def test_periodic_reset_after_every_n_adaptation_steps(tiny_source: SourceModel) -> None:
     stream = guarded(tiny_source, {"reset_every_steps": 3}, window_steps=100)
     steps = []
@@ -128,7 +148,13 @@ def test_periodic_reset_after_every_n_adaptation_steps(tiny_source: SourceModel)
         stream.step(image_batch(8, seed=seed))
         steps.append(stream.steps)
     assert steps == [1, 2, 0, 1, 2, 0, 1]
-    assert stream.guard.report()["actions"] == {"threshold": 0, "trend": 0, "non_finite": 0, "periodic": 2}
+    assert stream.guard.report()["actions"] == {
+        "threshold": 0,
+        "trend": 0,
+        "non_finite": 0,
+        "periodic": 2,
+        "recovered": 0,
+    }
 
 
 def test_a_non_finite_step_is_undone_then_the_policy_acts(tiny_source: SourceModel) -> None:

@@ -72,3 +72,21 @@ def test_the_server_shows_signals_per_stream_and_across_streams() -> None:
         metrics = client.get("/metrics").text
         assert 'tta_batch_source_agreement_ratio_count{adapter="tent"} 5.0' in metrics
         assert 'tta_batch_atc_accuracy_source_ratio_count{adapter="tent"} 5.0' in metrics
+
+
+def test_the_model_s_own_drift_parameter_distance_and_teacher_agreement(tiny_source: SourceModel) -> None:
+    frozen = get_frozen_forward(tiny_source, "torch")
+    tent = create_adapter("tent", tiny_source, {"optimizer": {"lr": 0.01}})
+    assert tent.parameter_distance() == 0.0  # starts at the source
+    stream = OnlineStream(tent, 1, frozen, window_steps=2)
+    stream.step(image_batch(8, seed=1))
+    first = stream.signals.report()["last_step"]["parameter_distance"]
+    stream.step(image_batch(8, seed=2))
+    second = stream.signals.report()["last_step"]["parameter_distance"]
+    assert 0 < first < second  # every update moves the BatchNorm affine parameters further
+    assert "teacher_agreement" not in stream.signals.report()["last_step"]  # tent has no teacher
+    assert create_adapter("norm", tiny_source).parameter_distance() is None  # nothing trained
+    cotta = OnlineStream(create_adapter("cotta", tiny_source), 1, frozen, window_steps=1)
+    cotta.step(image_batch(8, seed=3))
+    window = cotta.signals.report()["windows"][-1]
+    assert 0 <= window["teacher_agreement"] <= 1 and window["parameter_distance"] >= 0

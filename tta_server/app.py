@@ -17,7 +17,7 @@ from tta_server import __version__
 from tta_server.codec.limits import BodyLimitMiddleware
 from tta_server.deps import Services
 from tta_server.errors import error_body, install_error_handlers
-from tta_server.logs import AccessLogMiddleware
+from tta_server.logs import AccessLogMiddleware, ReplicaHeaderMiddleware
 from tta_server.metrics import ServerMetrics
 from tta_server.routes import feedback as feedback_routes
 from tta_server.routes import health, oip, oip_models, predict
@@ -26,6 +26,7 @@ from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
 from tta_server.streams.feedback import FeedbackLog
+from tta_server.streams.ownership import Ownership
 from tta_server.streams.persistence import expire_unpersisted, run_forever
 
 logger = logging.getLogger("tta_server")
@@ -38,6 +39,11 @@ def build_services(settings: Settings) -> Services:
     source = create_source_model(settings.model, **settings.model_kwargs)
     source.module.to(settings.device)  # before any adapter: per-stream views share the source tensors
     store = SnapshotStore(settings.snapshot_dir) if settings.snapshot_dir is not None else None
+    ownership = None
+    if settings.replica_id is not None:
+        if settings.snapshot_dir is None:
+            raise ValueError("replica_id needs snapshot_dir: replicas hand streams over through the shared store")
+        ownership = Ownership(settings.snapshot_dir, settings.replica_id, settings.lease_ttl_s)
     options = StreamOptions(
         default_adapter=settings.default_adapter,
         default_config=settings.default_adapter_config,
@@ -54,8 +60,9 @@ def build_services(settings: Settings) -> Services:
         source_signals=settings.source_signals,
         signal_window_steps=settings.signal_window_steps,
         guard=settings.guard,
+        handover_wait_s=settings.handover_wait_s,
     )
-    streams = StreamManager(source, options, store)
+    streams = StreamManager(source, options, store, ownership)
     if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
         streams.budget.measure(
             create_adapter(settings.default_adapter, source, settings.default_adapter_config), source
@@ -102,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         run_forever("snapshots", settings.snapshot_interval_s, persistence.snapshot_changed)
                     )
                 )
+        if persistence is not None and services.streams.ownership is not None:
+            tasks.append(asyncio.create_task(run_forever("leases", settings.lease_ttl_s / 3, persistence.renew_leases)))
         if settings.idle_timeout_s is not None:
             idle = settings.idle_timeout_s
             expire = (
@@ -122,7 +131,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if persistence is not None:
-                await persistence.snapshot_all(settings.shutdown_snapshot_timeout_s)
+                failures = await persistence.snapshot_all(settings.shutdown_snapshot_timeout_s)
+                released = persistence.release_all(failures)
+                if released:
+                    logger.info("shutdown: %d stream(s) released to the other replicas", released)
             services.streams.close()
 
     app = FastAPIOffline(
@@ -147,5 +159,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         read_timeout_s=settings.request_read_timeout_s,
         error_body=error_body,
     )
+    if settings.replica_id is not None:
+        app.add_middleware(ReplicaHeaderMiddleware, replica_id=settings.replica_id)
     app.add_middleware(AccessLogMiddleware, observe=metrics.observe_request)  # outermost: sees every status
     return app

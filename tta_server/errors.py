@@ -26,6 +26,7 @@ from tta_server.streams import (
     SnapshotsDisabledError,
     StreamExistsError,
     StreamLimitError,
+    StreamOwnedError,
     UnknownStreamError,
 )
 from tta_server.streams.feedback import FeedbackError
@@ -61,6 +62,8 @@ def _mapping(exc: Exception) -> tuple[int, str, str, dict[str, str] | None]:
     if isinstance(exc, FeedbackError):
         return exc.status, exc.code, str(exc), None
     if isinstance(exc, StreamLimitError):  # no room now: retry once others finish or go idle
+        if isinstance(exc, StreamOwnedError):
+            return 503, "stream_owned_elsewhere", str(exc), RETRY
         return 503, "memory_budget" if isinstance(exc, MemoryBudgetError) else "stream_limit", str(exc), RETRY
     for kind, status, code in table:
         if isinstance(exc, kind):

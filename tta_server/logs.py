@@ -97,3 +97,21 @@ class AccessLogMiddleware:
                 request_id,
                 extra={"fields": fields},
             )
+
+
+class ReplicaHeaderMiddleware:
+    """``X-Replica-Id`` on every answer: which replica served it (stream handover, debugging a proxy)."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app, self.header = app, (b"x-replica-id", replica_id.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def tagged(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, tagged)

@@ -110,8 +110,10 @@ class ServerMetrics:
 
     def start_guard_series(self, adapter: str, policy: str) -> None:
         """Zero series for the default adapter, so rates and alerts have data before any action."""
+        actions = {"periodic": "reset", "recovered": "resume"}
         for reason in REASONS:
-            self.guard_actions.labels(adapter, reason, "reset" if reason == "periodic" else policy)
+            if reason != "recovered" or policy == "fallback":
+                self.guard_actions.labels(adapter, reason, actions.get(reason, policy))
 
     def observe_guard(self, adapter: str, reason: str, action: str) -> None:
         self.guard_actions.labels(adapter, reason, action).inc()

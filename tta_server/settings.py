@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(
         60.0, ge=0, description="with snapshot_dir: snapshot streams that changed every this many seconds (0: off)"
     )
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",
+        description="this replica's name among replicas sharing snapshot_dir (e.g. the pod name); set, each "
+        "stream is active on one replica at a time and moves between them through the store (none: one replica)",
+    )
+    lease_ttl_s: float = Field(
+        15.0, gt=0, description="with replica_id: a killed replica's streams move to others after this long"
+    )
+    handover_wait_s: float = Field(
+        10.0, ge=0, description="with replica_id: how long a request waits for another replica to hand its stream over"
+    )
     api_tokens: list[str] = Field(
         default_factory=list, description="bearer tokens for every route but health (none: open)"
     )

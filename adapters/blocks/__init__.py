@@ -8,11 +8,13 @@ from adapters.blocks.optim import OptimizerConfig, load_optimizer_tensors, make_
 from adapters.blocks.pseudo_label import TeacherTarget, gated_teacher_target
 from adapters.blocks.restore import fisher_restore_masks, lower_quantile, masked_restore, stochastic_restore
 from adapters.blocks.sharing import own_parameters, replace_modules, shared_view
+from adapters.blocks.signals import agreement
 
 __all__ = [
     "AugmentConfig",
     "OptimizerConfig",
     "TeacherTarget",
+    "agreement",
     "cotta_augment",
     "crop_and_flip",
     "ema_update",

@@ -7,7 +7,9 @@ estimate (Garg et al., 2022: the share of images whose max softmax reaches the t
 held-out source data) of the adapted and of the source prediction. The adapted model's own
 confidence is no error signal on its own: entropy minimisation makes it confident exactly when
 errors pile up; agreement with the source and the ATC estimate of both are the ones to watch.
-The BatchNorm-statistics shift says how far the input has drifted from the source data.
+The BatchNorm-statistics shift says how far the input has drifted from the source data; the
+relative distance of the adapted parameters from the source's, and (for teacher-student methods)
+the student's agreement with its teacher, how far the model itself has moved.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ FIELDS = (
     "bn_steps",  # steps whose batch was scored against the source BatchNorm statistics
     "bn_shift_sum",
     "atc_source_agree",  # images the source is ATC-confident on where the adapted prediction agrees
+    "param_steps",  # adaptation steps that measured the parameter distance from the source
+    "param_distance_sum",
+    "teacher_steps",  # adaptation steps of a teacher-student method
+    "teacher_agreement_sum",
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -46,6 +52,8 @@ RATIOS = {
     "bn_shift": ("bn_shift_sum", "bn_steps"),
     # the source is mostly right where it is confident (ATC's premise): disagreeing there is an error
     "confident_source_agreement": ("atc_source_agree", "atc_source"),
+    "parameter_distance": ("param_distance_sum", "param_steps"),
+    "teacher_agreement": ("teacher_agreement_sum", "teacher_steps"),
 }
 # every signal a window reports: the ratios, plus the adapted minus the source ATC estimate
 # (negative: by its own confidence calibration, adaptation made the model worse than the source)
@@ -62,9 +70,11 @@ def step_sums(
     source_logits: Tensor | None = None,
     atc_threshold: float | None = None,
     bn_shift: float | None = None,
+    adapted: dict[str, float] | None = None,
 ) -> Tensor:
     """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),); ``bn_shift`` is the batch's
-    BatchNorm-statistics shift from :mod:`adapters.blocks.bn_shift`."""
+    BatchNorm-statistics shift from :mod:`adapters.blocks.bn_shift`; ``adapted`` the adapter's
+    ``parameter_distance`` and ``teacher_agreement`` when the step updated it."""
     probs = logits.float().softmax(1)
     n, classes = probs.shape
     predicted = probs.argmax(1)
@@ -86,7 +96,18 @@ def step_sums(
             out[13] = float((confident & (source_probs.argmax(1) == predicted)).sum())
     if bn_shift is not None:
         out[11], out[12] = 1, bn_shift
+    adapted = adapted or {}
+    if "parameter_distance" in adapted:
+        out[14], out[15] = 1, adapted["parameter_distance"]
+    if "teacher_agreement" in adapted:
+        out[16], out[17] = 1, adapted["teacher_agreement"]
     return out
+
+
+@torch.no_grad()
+def agreement(logits: Tensor, other: Tensor) -> float:
+    """Share of rows whose top classes agree (e.g. a student and its teacher)."""
+    return float((logits.argmax(1) == other.argmax(1)).float().mean())
 
 
 def ratios(sums: Tensor) -> dict[str, float]:

@@ -12,6 +12,7 @@ from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
+    agreement,
     ema_update,
     gated_teacher_target,
     make_optimizer,
@@ -106,6 +107,7 @@ class CottaAdapter(RoleStateAdapter):
             "anchor_confidence": pseudo.anchor_confidence,
             "augmented": float(pseudo.augmented),
             "loss": float(loss.detach()),
+            "teacher_agreement": agreement(student_logits, target),
         }
         return target
 
@@ -114,3 +116,6 @@ class CottaAdapter(RoleStateAdapter):
 
     def _roles(self) -> dict[str, list[Tensor]]:
         return {"student": list(self.student_params), "teacher": list(self.teacher_params)}
+
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return list(self.teacher_params), list(self.source_params)  # the teacher is what predicts

@@ -15,6 +15,7 @@ from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
+    agreement,
     crop_and_flip,
     ema_update,
     fisher_restore_masks,
@@ -104,7 +105,7 @@ class PetalAdapter(RoleStateAdapter):
     def _setup(self) -> None:
         self.anchor, self.means, self.precisions = swa_source(self.source, self.artefacts[SWAG])
         self.student = shared_view(self.anchor)
-        self.student_params, _ = own_parameters(self.student)
+        self.student_params, self.source_params = own_parameters(self.student)
         self.teacher = shared_view(self.anchor)
         self.teacher_params, _ = own_parameters(self.teacher)
         for param in self.teacher_params:
@@ -146,8 +147,12 @@ class PetalAdapter(RoleStateAdapter):
             "anchor_confidence": pseudo.anchor_confidence,
             "augmented": float(pseudo.augmented),
             "restored": restored / total,
+            "teacher_agreement": agreement(student_logits, pseudo.logits),
         }
         return pseudo.logits
+
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return list(self.teacher_params), list(self.source_params)
 
     def _predict(self, x: Tensor) -> Tensor:
         return self.teacher(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]

@@ -14,6 +14,7 @@ from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
+    agreement,
     cotta_augment,
     ema_update,
     make_optimizer,
@@ -104,7 +105,7 @@ class RmtAdapter(RoleStateAdapter):
     def _setup(self) -> None:
         self.student = _split(shared_view(self.source.module), self.name)
         use_test_batch_statistics(self.student)
-        self.student_params, _ = own_parameters(self.student)
+        self.student_params, self.source_params = own_parameters(self.student)
         self.teacher = shared_view(self.source.module)
         use_test_batch_statistics(self.teacher)
         self.teacher_params, _ = own_parameters(self.teacher)
@@ -164,9 +165,16 @@ class RmtAdapter(RoleStateAdapter):
         loss.backward()
         self.optimizer.step()
         ema_update(self.teacher_params, self.student_params, config.ema_alpha)
-        self._signals = {"loss_st": float(loss_st.detach()), "loss_cont": float(loss_cont.detach())}
+        self._signals = {
+            "loss_st": float(loss_st.detach()),
+            "loss_cont": float(loss_cont.detach()),
+            "teacher_agreement": agreement(student_logits, teacher_logits),
+        }
         ensemble: Tensor = student_logits.detach() + teacher_logits
         return ensemble
+
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return list(self.teacher_params), list(self.source_params)
 
     def _replay_loss(self, batch_size: int, device: torch.device) -> Tensor:
         bank = self.artefacts[REPLAY_BANK]

@@ -43,7 +43,7 @@ class TentAdapter(Adapter):
     def _setup(self) -> None:
         self.view = shared_view(self.source.module)
         use_test_batch_statistics(self.view)
-        self.affine, _ = own_parameters(self.view, lambda module, name: isinstance(module, _BatchNorm))
+        self.affine, self.affine_source = own_parameters(self.view, lambda module, name: isinstance(module, _BatchNorm))
         self.optimizer = make_optimizer(self.affine, self.config.optimizer)
         self._loss = float("nan")
 
@@ -76,3 +76,6 @@ class TentAdapter(Adapter):
 
     def _diagnostics(self) -> dict[str, float]:
         return {"entropy_loss": self._loss}
+
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return list(self.affine), list(self.affine_source)

@@ -14,6 +14,7 @@ from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
+    agreement,
     cotta_augment,
     crop_and_flip,
     ema_update,
@@ -252,6 +253,7 @@ class VidaAdapter(RoleStateAdapter):
         self._signals = {
             "uncertainty": float(uncertainty.float().mean()),
             "high_rank_share": float((uncertainty >= config.threshold).float().mean()),
+            "teacher_agreement": agreement(student_logits, target),
         }
         prediction: Tensor = target
         return prediction

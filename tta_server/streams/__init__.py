@@ -9,6 +9,7 @@ from tta_server.streams.errors import (
     SnapshotsDisabledError,
     StreamExistsError,
     StreamLimitError,
+    StreamOwnedError,
     UnknownStreamError,
 )
 from tta_server.streams.ids import STREAM_ID_PATTERN, stream_id_for_sequence, validate_stream_id
@@ -32,6 +33,7 @@ __all__ = [
     "StreamLimitError",
     "StreamManager",
     "StreamOptions",
+    "StreamOwnedError",
     "UnknownStreamError",
     "stream_id_for_sequence",
     "validate_stream_id",

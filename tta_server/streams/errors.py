@@ -11,6 +11,21 @@ class MemoryBudgetError(StreamLimitError):
     """A step's working memory or a stream's state does not fit the memory budget (503)."""
 
 
+class StreamOwnedError(StreamLimitError):
+    """Another live replica owns the stream and did not hand it over in time (503, retry)."""
+
+    def __init__(self, stream_id: str, owner: str) -> None:
+        super().__init__(
+            f"stream {stream_id!r} is active on replica {owner!r}; it was asked to hand it over (retry shortly, "
+            "and route each X-Stream-Id to one replica)"
+        )
+        self.stream_id, self.owner = stream_id, owner
+
+
+class LostOwnershipError(RuntimeError):
+    """This replica's lease on a stream was taken over: its copy must not be written."""
+
+
 class StreamExistsError(RuntimeError):
     """A stream with that id exists already (409)."""
 

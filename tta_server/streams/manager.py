@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -27,13 +28,16 @@ from adapters.online import DivergenceError, OnlineStream
 from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
+    LostOwnershipError,
     MemoryBudgetError,
     SnapshotError,
     StreamExistsError,
     StreamLimitError,
+    StreamOwnedError,
     UnknownStreamError,
 )
 from tta_server.streams.ids import validate_stream_id
+from tta_server.streams.ownership import Ownership
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import StepResult, Stream, StreamOptions
 
@@ -44,10 +48,19 @@ logger = logging.getLogger(__name__)
 class StreamManager:
     """Creates streams (explicitly, or on first use with the default adapter) and runs their steps."""
 
-    def __init__(self, source: SourceModel, options: StreamOptions, store: SnapshotStore | None = None) -> None:
+    def __init__(
+        self,
+        source: SourceModel,
+        options: StreamOptions,
+        store: SnapshotStore | None = None,
+        ownership: Ownership | None = None,
+    ) -> None:
         if options.memory_budget_bytes is not None and store is None:
             raise ValueError("memory_budget_bytes needs snapshot_dir: idle streams are spilled there")
+        if ownership is not None and store is None:
+            raise ValueError("replica_id (stream ownership between replicas) needs the shared snapshot_dir")
         self.source, self.options, self.store = source, options, store
+        self.ownership = ownership  # with replicas sharing the store: who holds which stream
         self.budget = MemoryBudget(options.memory_budget_bytes, options.memory_wait_s, options.largest_step)
         self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
@@ -66,9 +79,44 @@ class StreamManager:
     def known(self, stream_id: str) -> bool:
         return stream_id in self.streams or stream_id in self.spilled
 
+    def claim(self, stream_id: str) -> None:
+        """With ownership: take the stream's lease before touching it (:class:`StreamOwnedError` if
+        another replica holds it); its snapshot in the shared store then wakes like a spilled one."""
+        if self.ownership is None or stream_id in self.streams or self.ownership.holds(stream_id):
+            return
+        self.ownership.acquire(stream_id)
+        if self.store is not None and self.store.exists(stream_id):
+            self.spilled.add(stream_id)
+
+    async def claim_waiting(self, stream_id: str) -> None:
+        """:meth:`claim`, waiting up to ``handover_wait_s`` for the owner to hand the stream over."""
+        deadline = time.monotonic() + self.options.handover_wait_s
+        while True:
+            try:
+                return self.claim(stream_id)
+            except StreamOwnedError:
+                if time.monotonic() >= deadline:
+                    self.counters["refused_owned_elsewhere"] += 1
+                    raise
+            await asyncio.sleep(0.1)
+
+    def drop(self, stream_id: str) -> None:
+        """Forget the stream here without writing it (another replica owns it now)."""
+        self.streams.pop(stream_id, None)
+        self.spilled.discard(stream_id)
+
+    def write_snapshot(self, stream: Stream) -> Path:
+        """Write the stream's state; with ownership, only while this replica still holds it."""
+        assert self.store is not None
+        if self.ownership is None:
+            return self.store.write(stream.stream_id, stream.online.state_dict())
+        with self.ownership.fenced(stream.stream_id):
+            return self.store.write(stream.stream_id, stream.online.state_dict())
+
     def get(self, stream_id: str) -> Stream:
         """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none."""
         validate_stream_id(stream_id)
+        self.claim(stream_id)
         stream = self.streams.get(stream_id)
         if stream is None and stream_id in self.spilled:
             stream = self._wake(stream_id)
@@ -77,6 +125,7 @@ class StreamManager:
         return stream
 
     def get_or_create(self, stream_id: str) -> Stream:
+        self.claim(stream_id)
         if self.known(stream_id) or not self.options.auto_create:
             return self.get(stream_id)
         return self.create(stream_id, self.options.default_adapter, self.options.default_config)
@@ -87,6 +136,7 @@ class StreamManager:
         """A new stream with its own adapter and guard (default: the server's); both configs are
         validated here."""
         validate_stream_id(stream_id)
+        self.claim(stream_id)
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
@@ -167,7 +217,11 @@ class StreamManager:
         assert self.store is not None
         try:
             if stream.saved_version != stream.version:
-                self.store.write(stream.stream_id, stream.online.state_dict())
+                self.write_snapshot(stream)
+        except LostOwnershipError:
+            logger.warning("stream %s: taken over by another replica; dropped here", stream.stream_id)
+            self.drop(stream.stream_id)
+            return True
         except Exception as exc:  # one stream that cannot be written must not block the others
             self.counters["spill_failures"] += 1
             logger.error("stream %s: spill failed, kept in memory: %s", stream.stream_id, exc)
@@ -206,6 +260,7 @@ class StreamManager:
         """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
 
         With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
+        await self.claim_waiting(stream_id)
         stream = self.get_or_create(stream_id)
         delay_s = self.options.max_delay_ms / 1000
         if delay_s <= 0:
@@ -280,6 +335,8 @@ class StreamManager:
             if self.store is not None and stream_id not in self.streams:
                 self.store.delete(stream_id)
             self.undeleted.discard(stream_id)
+            if self.ownership is not None:
+                self.ownership.release(stream_id)
         except OSError as exc:
             self.undeleted.add(stream_id)
             self.counters["delete_failures"] += 1

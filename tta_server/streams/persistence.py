@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters import AdapterError, get_adapter_class
-from tta_server.streams.errors import SnapshotError, UnknownStreamError
+from tta_server.streams.errors import LostOwnershipError, SnapshotError, UnknownStreamError
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import Stream
@@ -50,7 +50,12 @@ class Persistence:
 
         def work(stream: Stream) -> Path:
             version = stream.version
-            path = store.write(stream_id, stream.online.state_dict())
+            try:
+                path = manager.write_snapshot(stream)
+            except LostOwnershipError:
+                logger.warning("stream %s: taken over by another replica; dropped here, not written", stream_id)
+                manager.drop(stream_id)
+                raise UnknownStreamError(stream_id) from None
             stream.saved_version = version
             return path
 
@@ -76,7 +81,10 @@ class Persistence:
 
     def restore_all(self) -> list[str]:
         """At start-up: every valid snapshot becomes a spilled stream, woken by its first request.
-        Snapshots of another model or of an unknown adapter or config are quarantined."""
+        Snapshots of another model or of an unknown adapter or config are quarantined. With
+        ownership (replicas sharing the store), streams load on demand instead, once claimed."""
+        if self.manager.ownership is not None:
+            return []
         model_id = self.manager.source.model_id
 
         def reject(state: dict[str, Any]) -> str | None:
@@ -139,12 +147,65 @@ class Persistence:
         return failures
 
     def expire_idle(self, idle_s: float) -> list[str]:
-        """Streams unused for ``idle_s`` leave memory, to the store (they wake on their next request)."""
+        """Streams unused for ``idle_s`` leave memory, to the store (they wake on their next request,
+        on whichever replica: with ownership their leases are released)."""
         now, expired = time.time(), []
+        ownership = self.manager.ownership
         for stream in list(self.manager.streams.values()):
             if now - stream.last_used_at >= idle_s and not stream.busy and self.manager.spill(stream):
                 expired.append(stream.stream_id)
+                if ownership is not None:
+                    self.manager.spilled.discard(stream.stream_id)
+                    ownership.release(stream.stream_id)
         return expired
+
+    # -- handover between replicas ----------------------------------------------------------------
+    async def renew_leases(self) -> tuple[list[str], list[str]]:
+        """Extend this replica's leases; drop streams taken over; hand over those another replica
+        asked for (snapshot, release). Returns (lost, handed over)."""
+        manager, ownership = self.manager, self.manager.ownership
+        if ownership is None:
+            return [], []
+        lost, asked = await manager.in_executor(ownership.renew)
+        for stream_id in lost:
+            logger.warning("stream %s: its lease was taken over; dropped here", stream_id)
+            manager.drop(stream_id)
+        handed = [stream_id for stream_id in asked if await self.hand_over(stream_id)]
+        return lost, handed
+
+    async def hand_over(self, stream_id: str) -> bool:
+        """Snapshot the stream after its in-flight requests, release it and forget it here."""
+        manager, ownership = self.manager, self.manager.ownership
+        assert ownership is not None
+        stream = manager.streams.get(stream_id)
+        try:
+            if stream is not None:
+                async with stream.lock:
+                    if stream.version != stream.saved_version:
+                        await manager.in_executor(manager.write_snapshot, stream)
+                    manager.streams.pop(stream_id, None)
+        except LostOwnershipError:
+            manager.drop(stream_id)
+            return False
+        except Exception as exc:  # not written: keep it (and the lease) rather than hand over an old state
+            self._failed(stream_id, "snapshot", exc)
+            return False
+        manager.spilled.discard(stream_id)
+        await manager.in_executor(ownership.release, stream_id)
+        manager.counters["handovers"] += 1
+        logger.info("stream %s: handed over to another replica", stream_id)
+        return True
+
+    def release_all(self, failures: dict[str, str]) -> int:
+        """At shutdown, after :meth:`snapshot_all`: release every stream whose latest state is in the
+        store (a failed one keeps its lease until the TTL, so no replica resumes an older state early)."""
+        ownership = self.manager.ownership
+        if ownership is None:
+            return 0
+        released = [sid for sid in list(ownership.held) if sid not in failures]
+        for stream_id in released:
+            ownership.release(stream_id)
+        return len(released)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -155,6 +216,7 @@ class Persistence:
             "last_success_at": self.last_success_at,
             "failures": {k: v for k, v in self.manager.counters.items() if k.endswith("_failures")},
             "snapshots_to_delete": sorted(self.manager.undeleted),
+            "ownership": self.manager.ownership.report() if self.manager.ownership else None,
         }
 
 

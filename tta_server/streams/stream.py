@@ -38,6 +38,7 @@ class StreamOptions:
     source_signals: bool = True  # each step's signals compare with the frozen source prediction
     signal_window_steps: int = 20
     guard: dict[str, Any] = field(default_factory=dict)  # GuardConfig of streams created without one
+    handover_wait_s: float = 10.0  # with replicas: how long a request waits for another to hand over
 
 
 @dataclass

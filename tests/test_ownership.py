@@ -1,0 +1,59 @@
+"""Stream leases between replicas sharing one store (tta_server.streams.ownership)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tta_server.streams.errors import LostOwnershipError, StreamOwnedError
+from tta_server.streams.ownership import Ownership
+
+
+def test_a_live_owner_is_asked_to_hand_over_then_releases(tmp_path: Path) -> None:
+    a, b = Ownership(tmp_path, "a", ttl_s=60), Ownership(tmp_path, "b", ttl_s=60)
+    assert a.acquire("cam") == 1
+    with pytest.raises(StreamOwnedError, match="active on replica 'a'"):
+        b.acquire("cam")
+    assert a.renew() == ([], ["cam"])  # b's request reaches the owner at its next renewal
+    a.release("cam")
+    assert b.acquire("cam") == 2 and not a.holds("cam")
+    with pytest.raises(StreamOwnedError):
+        a.acquire("cam")
+
+
+def test_a_previous_owner_can_never_write_after_a_take_over(tmp_path: Path) -> None:
+    a, b = Ownership(tmp_path, "a", ttl_s=0.05), Ownership(tmp_path, "b", ttl_s=60)
+    a.acquire("cam")
+    with a.fenced("cam"):
+        pass  # ours: a write may go ahead
+    time.sleep(0.1)  # a stalls past its TTL (killed, or paused)
+    assert b.acquire("cam") == 2
+    with pytest.raises(LostOwnershipError), a.fenced("cam"):
+        pytest.fail("the stale owner's write went ahead")
+    assert a.renew() == ([], []) and not a.holds("cam")  # fenced() already dropped it
+
+
+def test_renewal_notices_a_lost_lease(tmp_path: Path) -> None:
+    a, b = Ownership(tmp_path, "a", ttl_s=0.05), Ownership(tmp_path, "b", ttl_s=60)
+    a.acquire("cam")
+    time.sleep(0.1)
+    b.acquire("cam")
+    assert a.renew() == (["cam"], [])
+
+
+def test_a_restarted_replica_takes_its_own_leases_back_with_a_new_generation(tmp_path: Path) -> None:
+    Ownership(tmp_path, "a", ttl_s=60).acquire("cam")
+    restarted = Ownership(tmp_path, "a", ttl_s=60)  # same pod name, new process: the old one is gone
+    assert restarted.acquire("cam") == 2
+    with pytest.raises(StreamOwnedError):
+        Ownership(tmp_path, "b", ttl_s=60).acquire("cam")
+
+
+def test_a_damaged_lease_is_treated_as_free(tmp_path: Path) -> None:
+    a = Ownership(tmp_path, "a", ttl_s=60)
+    a.acquire("cam")
+    (lease,) = (tmp_path / "leases").glob("*.json")
+    lease.write_text("{not json")
+    assert Ownership(tmp_path, "b", ttl_s=60).acquire("cam") == 1
