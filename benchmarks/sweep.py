@@ -55,9 +55,15 @@ def run_sweep(
             import ray
         except ImportError as exc:
             raise SystemExit("--ray-address needs Ray: pip install 'tta-server[ray]'") from exc
-        ray.init(address=None if ray_address == "local" else ray_address, ignore_reinit_error=True, log_to_driver=False)
-        task = ray.remote(num_cpus=threads)(run_point)
-        runs = ray.get([task.remote(*args, point, base, threads) for point in points])
+        local = ray_address == "local"
+        options: dict[str, Any] = {"num_cpus": max(2, threads), "include_dashboard": False} if local else {}
+        ray.init(address=None if local else ray_address, ignore_reinit_error=True, log_to_driver=False, **options)
+        try:
+            task = ray.remote(num_cpus=threads)(run_point)
+            runs = ray.get([task.remote(*args, point, base, threads) for point in points])
+        finally:
+            if local:  # a runtime started here ends here
+                ray.shutdown()
     sweep = {
         "model": model,
         "base": base,

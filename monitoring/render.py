@@ -71,7 +71,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = build_small_cifar10c(args.data, Path(tmp) / "c10c", n=args.per_domain)
-        settings = Settings(default_adapter="tent", min_adapt_batch=16, snapshot_dir=Path(tmp) / "snapshots")
+        # a periodic guard, so the guard-actions panel has something to show
+        settings = Settings(
+            default_adapter="tent",
+            min_adapt_batch=16,
+            snapshot_dir=Path(tmp) / "snapshots",
+            guard={"reset_every_steps": 20},
+        )
         with running_server(settings) as server, running_prometheus(server.removeprefix("http://")) as prometheus:
             start = time.time()
             replay_through(server, data)

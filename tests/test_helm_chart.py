@@ -161,3 +161,17 @@ def test_settings_that_would_lose_streams_are_refused(values: dict[str, str], me
         args += ["--set", f"{key}={value}"]
     refused = helm(*args, check=False)
     assert refused.returncode != 0 and message in refused.stderr
+
+
+def test_the_settings_the_chart_passes_are_the_server_s() -> None:
+    """The ConfigMap's config.yaml and the TTA_* variables name real settings (the server refuses
+    unknown keys at start), so a rename in the server cannot silently break the chart."""
+    from tta_server import Settings
+
+    kinds = by_kind(render(EVERYTHING_ON))
+    config = yaml.safe_load(next(c for c in kinds["ConfigMap"] if "config.yaml" in c["data"])["data"]["config.yaml"])
+    Settings(**config)
+    (statefulset,) = kinds["StatefulSet"]
+    (container,) = statefulset["spec"]["template"]["spec"]["containers"]
+    variables = {e["name"] for e in container["env"]} - {"TTA_CACHE_DIR"}  # the model caches' directory
+    assert variables <= {f"TTA_{name.upper()}" for name in Settings.model_fields}, variables
