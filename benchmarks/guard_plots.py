@@ -61,8 +61,16 @@ def plot_visit_errors(runs: Sequence[dict[str, Any]], path: Path, title: str, ke
             lw=1.6,
             label=f"{label} (mean {errors.mean():.1f} %)",
         )
-    ax.set_xlabel("visit of the 15 domains" if key == "per_visit_error" else "domain, in stream order")
-    ax.set_ylabel("online error per visit (%)")
+    if key == "per_visit_error":
+        ax.set_xlabel("visit of the 15 domains")
+        ax.set_ylabel("online error per visit (%)")
+    else:
+        from benchmarks.datasets.cifar10c import CORRUPTIONS
+
+        ax.set_xticks(
+            range(1, len(CORRUPTIONS) + 1), [c.replace("_", " ") for c in CORRUPTIONS], rotation=40, ha="right"
+        )
+        ax.set_ylabel("online error per domain (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
