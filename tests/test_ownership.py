@@ -57,3 +57,16 @@ def test_a_damaged_lease_is_treated_as_free(tmp_path: Path) -> None:
     (lease,) = (tmp_path / "leases").glob("*.json")
     lease.write_text("{not json")
     assert Ownership(tmp_path, "b", ttl_s=60).acquire("cam") == 1
+
+
+def test_a_lease_not_renewed_in_time_is_revalidated_before_serving(tmp_path: Path) -> None:
+    a = Ownership(tmp_path, "a", ttl_s=0.3)
+    a.acquire("cam")
+    assert a.fresh("cam")
+    time.sleep(0.25)  # renewals stalled (a long step): less than a third of the TTL left
+    assert not a.fresh("cam")
+    assert a.acquire("cam") == 1 and a.fresh("cam")  # still ours: extended, same generation
+    time.sleep(0.35)
+    assert Ownership(tmp_path, "b", ttl_s=60).acquire("cam") == 2  # expired: taken over
+    with pytest.raises(StreamOwnedError):
+        a.acquire("cam")  # the stale owner learns it before serving, and drops its copy

@@ -82,9 +82,18 @@ class StreamManager:
     def claim(self, stream_id: str) -> None:
         """With ownership: take the stream's lease before touching it (:class:`StreamOwnedError` if
         another replica holds it); its snapshot in the shared store then wakes like a spilled one."""
-        if self.ownership is None or stream_id in self.streams or self.ownership.holds(stream_id):
+        ownership = self.ownership
+        if ownership is None or ownership.fresh(stream_id):
             return
-        self.ownership.acquire(stream_id)
+        if ownership.holds(stream_id):  # renewals stalled (a long step?): make sure it is still ours
+            try:
+                ownership.acquire(stream_id)
+            except StreamOwnedError:
+                self.drop(stream_id)  # taken over meanwhile: this copy is stale
+                raise
+            return
+        self.drop(stream_id)  # a copy without a lease is stale (its loss was noticed by a write)
+        ownership.acquire(stream_id)
         if self.store is not None and self.store.exists(stream_id):
             self.spilled.add(stream_id)
 
@@ -121,6 +130,8 @@ class StreamManager:
         if stream is None and stream_id in self.spilled:
             stream = self._wake(stream_id)
         if stream is None:
+            if self.ownership is not None:  # nothing to own: do not keep renewing a lease for it
+                self.ownership.release(stream_id)
             raise UnknownStreamError(stream_id)
         return stream
 
@@ -307,6 +318,7 @@ class StreamManager:
 
     async def reset(self, stream_id: str) -> Stream:
         """Back to the source, after the stream's in-flight requests (same FIFO lock)."""
+        await self.claim_waiting(stream_id)
 
         def work(stream: Stream) -> Stream:
             stream.online.reset()
@@ -317,6 +329,7 @@ class StreamManager:
 
     async def delete(self, stream_id: str) -> None:
         """Forget the stream and its snapshot, after its in-flight requests."""
+        await self.claim_waiting(stream_id)
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id not in self.spilled:

@@ -50,6 +50,7 @@ class Ownership:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.replica_id, self.ttl_s = replica_id, ttl_s
         self.held: dict[str, int] = {}  # stream id -> the generation this replica holds
+        self.until: dict[str, float] = {}  # stream id -> when its lease runs out, as last written here
 
     def _path(self, stream_id: str, suffix: str) -> Path:
         return self.directory / (file_name(stream_id).split(".")[0] + suffix)
@@ -86,11 +87,14 @@ class Ownership:
             lease, now = self._read(path), time.time()
             if self._ours(stream_id, lease):
                 assert lease is not None
+                lease.expires_at = now + self.ttl_s
+                self._write(path, lease)
+                self.until[stream_id] = lease.expires_at
                 return lease.generation
             if lease is None or lease.released or lease.expires_at <= now or lease.owner == self.replica_id:
                 generation = (lease.generation if lease else 0) + 1
                 self._write(path, Lease(self.replica_id, generation, now + self.ttl_s))
-                self.held[stream_id] = generation
+                self.held[stream_id], self.until[stream_id] = generation, now + self.ttl_s
                 return generation
             if lease.handover_to != self.replica_id:
                 lease.handover_to = self.replica_id
@@ -99,6 +103,11 @@ class Ownership:
 
     def holds(self, stream_id: str) -> bool:
         return stream_id in self.held
+
+    def fresh(self, stream_id: str) -> bool:
+        """Held, with more than a third of the TTL left: safe to serve without looking at the file.
+        Otherwise (renewals stalled) the caller re-validates with :meth:`acquire` before serving."""
+        return stream_id in self.held and self.until.get(stream_id, 0.0) - time.time() > self.ttl_s / 3
 
     @contextmanager
     def fenced(self, stream_id: str) -> Iterator[None]:
@@ -122,6 +131,7 @@ class Ownership:
                 assert lease is not None
                 lease.expires_at = time.time() + self.ttl_s
                 self._write(path, lease)
+                self.until[stream_id] = lease.expires_at
                 if lease.handover_to not in (None, self.replica_id):
                     asked.append(stream_id)
         return lost, asked

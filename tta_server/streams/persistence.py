@@ -166,7 +166,8 @@ class Persistence:
         manager, ownership = self.manager, self.manager.ownership
         if ownership is None:
             return [], []
-        lost, asked = await manager.in_executor(ownership.renew)
+        # its own thread, not the model pool: a long step must not delay the renewals
+        lost, asked = await asyncio.to_thread(ownership.renew)
         for stream_id in lost:
             logger.warning("stream %s: its lease was taken over; dropped here", stream_id)
             manager.drop(stream_id)
@@ -191,7 +192,7 @@ class Persistence:
             self._failed(stream_id, "snapshot", exc)
             return False
         manager.spilled.discard(stream_id)
-        await manager.in_executor(ownership.release, stream_id)
+        await asyncio.to_thread(ownership.release, stream_id)
         manager.counters["handovers"] += 1
         logger.info("stream %s: handed over to another replica", stream_id)
         return True
