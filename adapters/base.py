@@ -116,10 +116,10 @@ class Adapter(ABC):
         adapted, source = self._parameter_pairs()
         if not adapted:
             return None
-        with torch.no_grad():
-            moved = sum(float((a.float() - s.float()).square().sum()) for a, s in zip(adapted, source, strict=True))
-            size = sum(float(s.float().square().sum()) for s in source)
-        return math.sqrt(moved / size) if size > 0 else None
+        with torch.no_grad():  # one fused pass per list, one host sync
+            moved = torch.stack(torch._foreach_norm(torch._foreach_sub(adapted, source))).square().sum()
+            size = torch.stack(torch._foreach_norm(source)).square().sum()
+        return float((moved / size).sqrt()) if float(size) > 0 else None
 
     # -- the public interface ------------------------------------------------------------------
     def forward_and_adapt(self, x: Tensor) -> Tensor:

@@ -70,9 +70,10 @@ class GuardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: Policy = Field("reset", description="what a threshold, trend or non-finite trigger does")
-    thresholds: tuple[Threshold, ...] = Field((), description="limits on a closed window's signals")
+    # bounded: a client's stream config must not make every window close cost unbounded work
+    thresholds: tuple[Threshold, ...] = Field((), max_length=32, description="limits on a closed window's signals")
     max_drop: dict[str, float] = Field(
-        default_factory=dict, description="signal -> largest allowed fall between consecutive windows"
+        default_factory=dict, max_length=32, description="signal -> largest allowed fall between consecutive windows"
     )
     non_finite: bool = Field(False, description="a diverged (non-finite, undone) step triggers the policy")
     reset_every_steps: int | None = Field(None, ge=1, description="reset after this many adaptation steps")

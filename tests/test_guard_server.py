@@ -76,3 +76,13 @@ def test_replay_guard_decisions_are_identical_in_process_and_through_the_server(
     assert remote["guard"] == local["guard"]
     assert [b["errors"] for b in remote["batches"]] == [b["errors"] for b in local["batches"]]
     assert set(local["per_domain_error"]) == {f"{name}#{visit}" for name in CORRUPTIONS[:2] for visit in (1, 2)}
+
+
+def test_a_guard_with_too_many_rules_is_refused() -> None:
+    """A client's guard is bounded: thousands of rules would make every window close expensive."""
+    rules = [{"signal": "majority_share", "above": 0.5}] * 1000
+    with running_server(Settings()) as url, httpx.Client(base_url=url, timeout=60) as client:
+        refused = client.post("/v1/streams", json={"stream_id": "cam", "guard": {"thresholds": rules}})
+        assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_guard", refused.text
+        refused = client.post("/v1/streams", json={"stream_id": "cam", "guard": {"max_drop": {"x" * 40: 0.1}}})
+        assert refused.status_code == 422
