@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH  ?= torch==2.13.0
 EXTRAS ?= cpu,bench,dev,ray
 
-.PHONY: install serve test test-all lint bench-frozen clean
+.PHONY: install serve test lint bench-frozen clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,6 @@ serve: install  ## start the server on the bundled CIFAR-10 model (http://127.0.
 	$(BIN)/tta-server serve
 
 test: install  ## the CI suite
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: install
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -34,7 +31,7 @@ lint: install
 	$(BIN)/mypy adapters tta_server benchmarks monitoring
 
 bench-frozen: install
-	$(BIN)/tta-bench frozen-forward --out benchmarks/results
+	$(BIN)/tta-bench frozen-forward --data ../shared/data  # -> runs/frozen-forward/
 
 clean:
 	rm -rf $(VENV) build *.egg-info

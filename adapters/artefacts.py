@@ -12,7 +12,6 @@ the 200 images per class the training script held out, seed 0; see its metadata)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -177,10 +176,6 @@ def _build_environment(source: SourceModel) -> str:
     device = next(source.module.parameters()).device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     return f"torch {torch.__version__} on {name}"
-
-
-def tensor_sha256(tensor: Tensor) -> str:
-    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 @torch.inference_mode()

@@ -21,14 +21,16 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import Tensor
+from torch import Tensor, nn
 
 from adapters.artefacts import ArtefactStore
 from adapters.blocks.losses import entropy
+from adapters.blocks.prototypes import FeatureCapture
 from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError, InputError
+from adapters.precision import Precision, Resolved, compute_precision, resolve_precision
 from adapters.registry import Registry
-from adapters.source_model import SourceModel
+from adapters.source_model import NormalizedModel, SourceModel
 
 STATE_FORMAT = 1
 
@@ -39,6 +41,12 @@ class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = Field(0, description="seed of the adapter's own random generator")
+    precision: Precision = Field(
+        "auto",
+        description="compute precision of each step: fp32 (exact), bf16 (autocast; parameters, state and "
+        "logits stay fp32), auto = the measured fastest for this adapter on this device (bf16 on CPUs with "
+        "AVX-512 BF16 or AMX, fp32 elsewhere)",
+    )
 
 
 class Adapter(ABC):
@@ -47,6 +55,9 @@ class Adapter(ABC):
     required_artefacts: ClassVar[tuple[str, ...]] = ()
     needs_trainable_source: ClassVar[bool] = True
     paper: ClassVar[str] = ""
+    # what ``precision="auto"`` picks per device type, where that device computes bf16 natively;
+    # measured by ``tta-bench adapter-speed`` (CUDA unmeasured: fp32 until it is)
+    preferred_precision: ClassVar[dict[str, Resolved]] = {"cpu": "bf16"}
 
     def __init__(self, source: SourceModel, config: AdapterConfig | dict[str, Any] | None = None) -> None:
         self.source = source
@@ -62,9 +73,13 @@ class Adapter(ABC):
         store.require(needed, f"adapter {self.name!r}")
         self.artefacts = {name: store.load(name) for name in needed}
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.device = next(iter(source.module.parameters()), torch.empty(0)).device
+        self.precision = resolve_precision(self.config.precision, self.device, self.preferred_precision)
         self.steps = 0
         self._last: dict[str, float] = {}
+        self.feature_capture: FeatureCapture | None = None
         self._setup()
+        self._capture_features()
 
     @classmethod
     def artefacts_for(cls, config: AdapterConfig) -> tuple[str, ...]:
@@ -106,6 +121,22 @@ class Adapter(ABC):
     def _diagnostics(self) -> dict[str, float]:
         return {}
 
+    def _feature_network(self) -> nn.Module | None:
+        """The network whose classifier input is this adapter's feature space, run once on the clean
+        batch per step (None: the prototype distance is not measured)."""
+        return None
+
+    def _capture_features(self) -> None:
+        if self.feature_capture is not None:
+            self.feature_capture.remove()
+        network = self._feature_network()
+        usable = isinstance(network, NormalizedModel) and network.has_features
+        self.feature_capture = FeatureCapture(network.classifier) if usable else None  # type: ignore[union-attr,arg-type]
+
+    def captured_features(self) -> tuple[Tensor, Tensor] | None:
+        """(penultimate features, logits) of the feature network's last forward, taken once."""
+        return self.feature_capture.take() if self.feature_capture is not None else None
+
     def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
         """The adapted parameters and the source tensors they started from (none: not measured)."""
         return [], []
@@ -131,7 +162,8 @@ class Adapter(ABC):
         with torch.inference_mode(False), torch.enable_grad():
             if x.is_inference():  # an inference tensor cannot be saved for backward: copy it out
                 x = x.clone()
-            logits = self._forward_and_adapt(x).detach()
+            with compute_precision(self.device, self.precision):
+                logits = self._forward_and_adapt(x).detach().float()
         self.steps += 1
         self._record(logits)
         return logits
@@ -139,8 +171,8 @@ class Adapter(ABC):
     def predict(self, x: Tensor) -> Tensor:
         """Predict without changing any state (for batches too small to adapt on)."""
         self.validate(x)
-        with torch.no_grad():
-            logits = self._predict(x).detach()
+        with torch.no_grad(), compute_precision(self.device, self.precision):
+            logits = self._predict(x).detach().float()
         self._record(logits)
         return logits
 
@@ -150,6 +182,7 @@ class Adapter(ABC):
         self.steps = 0
         self._last = {}
         self._setup()
+        self._capture_features()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -166,7 +199,11 @@ class Adapter(ABC):
         for key, expected in (("adapter", self.name), ("model_id", self.source.model_id)):
             if state.get(key) != expected:
                 raise AdapterError(f"state is for {key} {state.get(key)!r}, this adapter has {expected!r}")
-        if state.get("config") != self.config.model_dump(mode="json"):
+        try:  # through the Config, so a snapshot from before a new defaulted field still loads
+            saved = self.parse_config(state.get("config")).model_dump(mode="json")
+        except AdapterError:
+            saved = None
+        if saved != self.config.model_dump(mode="json"):
             raise AdapterError(f"state was saved with another {self.name!r} config; create the adapter with it first")
         self._load_state_tensors(state["tensors"])
         self.steps = int(state["steps"])

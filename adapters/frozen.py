@@ -1,8 +1,11 @@
 """Frozen forwards (source statistics, no gradient) through torch or ONNX Runtime.
 
-ONNX Runtime fuses BatchNorm into the convolutions and is faster on CPU; the exported graph is
-cached on disk under a name derived from the weights hash, so a changed model never reuses a
-stale export. Both backends agree to 1e-4 on logits (tested).
+ONNX Runtime fuses BatchNorm into the convolutions; the exported graph is cached on disk under a
+name derived from the weights hash, so a changed model never reuses a stale export. torch fp32 and
+ONNX Runtime agree to 1e-4 on logits (tested). The ``auto`` backend picks the fastest engine per
+batch size, as measured by ``tta-bench frozen-forward`` (benchmarks/results/frozen_forward.md):
+on a CPU with native bf16, ONNX Runtime fp32 below ``SMALL_BATCH`` images and torch bf16 from
+there (2-4x ONNX Runtime at batch 64-200, clean accuracy unchanged); elsewhere ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from adapters.atomic import atomic_path
+from adapters.precision import Precision, Resolved, compute_precision, native_bf16
 from adapters.source_model import SourceModel, state_sha256
 
 Backend = Literal["auto", "torch", "onnxruntime"]
 ONNX_OPSET = 18
+SMALL_BATCH = 16  # below it, dispatch overhead dominates and ONNX Runtime is fastest (measured)
 
 
 class FrozenForward(Protocol):
@@ -31,16 +36,28 @@ class FrozenForward(Protocol):
 
 
 class TorchFrozenForward:
-    """Eval-mode forward under ``inference_mode`` with channels_last inputs."""
+    """Eval-mode forward under ``inference_mode`` with channels_last inputs, in fp32 or bf16."""
 
-    backend = "torch"
-
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, precision: Resolved = "fp32") -> None:
         self.module = module.eval()
+        self.precision = precision
+        self.backend = "torch" if precision == "fp32" else f"torch-{precision}"
+        self.device = next(iter(module.parameters()), torch.empty(0)).device
 
     def __call__(self, x: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return self.module(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+        with torch.inference_mode(), compute_precision(self.device, self.precision):
+            return self.module(x.contiguous(memory_format=torch.channels_last)).float()  # type: ignore[no-any-return]
+
+
+class BatchSizeDispatch:
+    """One engine for small batches, another from ``threshold`` images on."""
+
+    def __init__(self, small: FrozenForward, large: FrozenForward, threshold: int = SMALL_BATCH) -> None:
+        self.small, self.large, self.threshold = small, large, threshold
+        self.backend = f"{small.backend} (<{threshold} images) / {large.backend}"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return (self.small if x.shape[0] < self.threshold else self.large)(x)
 
 
 class OnnxFrozenForward:
@@ -119,28 +136,40 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def get_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
+def get_frozen_forward(source: SourceModel, backend: Backend = "auto", precision: Precision = "auto") -> FrozenForward:
     """The frozen forward of ``source`` for ``backend``, built once and shared by all streams."""
-    key = f"frozen_forward:{backend}"
+    key = f"frozen_forward:{backend}:{precision}"
     with _export_lock:
         cached = source.cache.get(key)
     if cached is None:
-        cached = create_frozen_forward(source, backend)
+        cached = create_frozen_forward(source, backend, precision)
         with _export_lock:
             cached = source.cache.setdefault(key, cached)
     return cached  # type: ignore[no-any-return]
 
 
-def create_frozen_forward(source: SourceModel, backend: Backend = "auto") -> FrozenForward:
-    """A new frozen forward of ``source``; ``auto`` picks ONNX Runtime when it is installed and the
-    model is on the CPU (ONNX Runtime's CPU provider takes host arrays)."""
-    on_cpu = all(p.device.type == "cpu" for p in source.module.parameters())
-    if backend == "auto" and not on_cpu:
-        return TorchFrozenForward(source.module)
+def create_frozen_forward(
+    source: SourceModel, backend: Backend = "auto", precision: Precision = "auto"
+) -> FrozenForward:
+    """A new frozen forward of ``source``.
+
+    ``torch`` runs in fp32 unless ``precision`` is ``bf16``; ``onnxruntime`` is fp32; ``auto`` is the
+    fastest measured choice: with ``precision`` auto on a CPU with native bf16, ONNX Runtime for
+    small batches and torch bf16 for the rest; otherwise ONNX Runtime when it is installed and the
+    model is on the CPU (its CPU provider takes host arrays), torch fp32 elsewhere (CUDA unmeasured)."""
+    device = next(iter(source.module.parameters()), torch.empty(0)).device
+    # auto: bf16 where it was measured to keep predictions and pay (a CPU with native bf16)
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cpu" and native_bf16(device))
     if not source.trainable:  # ONNX (already in ONNX Runtime) or TorchScript (a compiled graph): run as is
         return TorchFrozenForward(source.module)
-    if backend == "torch" or (backend == "auto" and not onnxruntime_available()):
-        return TorchFrozenForward(source.module)
-    if not onnxruntime_available():
+    if backend == "torch":
+        return TorchFrozenForward(source.module, "bf16" if precision == "bf16" else "fp32")
+    if backend == "onnxruntime" and not onnxruntime_available():
         raise RuntimeError("backend 'onnxruntime' requested but onnxruntime is not installed")
-    return OnnxFrozenForward(export_onnx(source))
+    if backend == "onnxruntime":
+        return OnnxFrozenForward(export_onnx(source))
+    large = TorchFrozenForward(source.module, "bf16" if bf16 else "fp32")
+    if device.type != "cpu" or not onnxruntime_available():
+        return large
+    small = OnnxFrozenForward(export_onnx(source))
+    return BatchSizeDispatch(small, large) if bf16 else small

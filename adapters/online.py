@@ -31,6 +31,7 @@ from torch import Tensor
 from adapters.artefacts import ArtefactStore
 from adapters.base import Adapter
 from adapters.blocks.bn_shift import batchnorm_probe
+from adapters.blocks.prototypes import prototype_distance
 from adapters.blocks.signals import step_sums
 from adapters.errors import AdapterError
 from adapters.guard import Decision, Guard, GuardConfig
@@ -74,6 +75,7 @@ class OnlineStream:
         # the source forward of the signals also measures the BatchNorm-statistics shift
         self.probe = batchnorm_probe(adapter.source) if self.source_signals else None
         self.atc_threshold = atc_threshold_of(adapter.source)
+        self.prototypes = prototypes_of(adapter.source)
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
         self.last_bn_shift: list[float] = []  # per BatchNorm layer, for the last step
         self.guard = Guard(guard)
@@ -131,6 +133,10 @@ class OnlineStream:
                 adapted["parameter_distance"] = distance
             if "teacher_agreement" in (diagnostics := self.adapter.diagnostics()):
                 adapted["teacher_agreement"] = diagnostics["teacher_agreement"]
+        captured = self.adapter.captured_features()
+        if captured is not None and self.prototypes is not None and captured[0].shape[1] == self.prototypes.shape[1]:
+            features, feature_logits = captured
+            adapted["prototype_distance"] = prototype_distance(features, feature_logits.argmax(1), self.prototypes)
         closed = self.signals.add(step_sums(logits, source_logits, self.atc_threshold, shift, adapted))
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
         self._after_step(batch.shape[0], closed)
@@ -265,6 +271,16 @@ class OnlineStream:
             buffers[key] = value.to(self.device, torch.float32)
         self.adapter.load_state_dict({**state, "tensors": tensors})
         self.recent, self.pending, self.signals = buffers["recent"], buffers["pending"], signals
+
+
+def prototypes_of(source: SourceModel) -> Tensor | None:
+    """The source's class prototypes (its ``rmt_prototypes`` artefact), read once per model."""
+    if "prototypes" not in source.cache:
+        store = ArtefactStore(source)
+        has = store.has("rmt_prototypes")
+        source.cache["prototypes"] = store.load("rmt_prototypes")["prototypes"].float() if has else None
+    value: Tensor | None = source.cache["prototypes"]
+    return value
 
 
 def atc_threshold_of(source: SourceModel) -> float | None:

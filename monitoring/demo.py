@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from adapters import create_source_model
-from benchmarks.corruptions import corruptions_with
-from benchmarks.corruptions.constants import CIFAR
-from benchmarks.datasets.cifar10 import load_cifar10
-from benchmarks.replay import ReplayConfig, replay_dataset
+from benchmarks.data.cifar10 import load_cifar10
+from benchmarks.data.corruptions import corruptions_with
+from benchmarks.data.corruptions.constants import CIFAR
+from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
 
 CORRUPTIONS = ("gaussian_noise", "fog")
 

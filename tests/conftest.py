@@ -12,7 +12,7 @@ import torch
 from adapters import Preprocessing, SourceData, SourceModel, create_source_model, prepare_artefacts
 from adapters.models.airbench import AirbenchNet
 from adapters.source_model import NormalizedModel, state_sha256
-from benchmarks.datasets.cifar10 import find_shared_cifar10
+from benchmarks.data.cifar10 import find_shared_cifar10
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.services = services
         services.streams.step_observers.append(metrics.observe_step)
         services.streams.guard_observers.append(metrics.observe_guard)
+        services.streams.transfer_observers.append(metrics.observe_transfer)
         metrics.start_guard_series(settings.default_adapter, settings.guard.get("policy", "reset"))
         tasks: list[asyncio.Task[None]] = []
         restored = 0

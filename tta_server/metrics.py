@@ -30,7 +30,15 @@ RATIO_SIGNALS = {
     "atc_accuracy_source": "ATC accuracy estimate of the frozen source model on each step's batch",
     "majority_share": "share of each step's batch predicted as its most frequent class (collapse)",
     "marginal_entropy": "entropy of each step's mean prediction over log(classes) (1: uniform, 0: one class)",
+    "teacher_agreement": "share of each update's student predictions that agree with its teacher",
 }
+# relative distances of the model from the source: name -> help
+DISTANCE_SIGNALS = {
+    "parameter_distance": "relative L2 distance of the adapted parameters from the source's, after each update",
+    "prototype_distance": "relative distance of each step's class-conditional feature means from the source "
+    "class prototypes",
+}
+DISTANCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
 BN_SHIFT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # counters the stream manager keeps, exported under these names
@@ -71,6 +79,13 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.transfer_duration = Histogram(
+            "tta_stream_transfer_duration_seconds",
+            "moving one stream between memory and the snapshot store: spill (write if changed) or wake (read)",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.step_images = Histogram(
             "tta_step_images", "images per stream step", ["adapter"], buckets=IMAGE_BUCKETS, registry=self.registry
         )
@@ -91,6 +106,12 @@ class ServerMetrics:
         self.batch_ratios = {
             name: Histogram(f"tta_batch_{name}_ratio", text, ["adapter"], buckets=RATIO_BUCKETS, registry=self.registry)
             for name, text in RATIO_SIGNALS.items()
+        }
+        self.batch_distances = {
+            name: Histogram(
+                f"tta_batch_{name}_ratio", text, ["adapter"], buckets=DISTANCE_BUCKETS, registry=self.registry
+            )
+            for name, text in DISTANCE_SIGNALS.items()
         }
         self.batch_bn_shift = Histogram(
             "tta_batch_bn_shift_nats",
@@ -115,6 +136,9 @@ class ServerMetrics:
             if reason != "recovered" or policy == "fallback":
                 self.guard_actions.labels(adapter, reason, actions.get(reason, policy))
 
+    def observe_transfer(self, kind: str, seconds: float) -> None:
+        self.transfer_duration.labels(kind).observe(seconds)
+
     def observe_guard(self, adapter: str, reason: str, action: str) -> None:
         self.guard_actions.labels(adapter, reason, action).inc()
 
@@ -129,7 +153,7 @@ class ServerMetrics:
             self.batch_entropy.labels(adapter).observe(signals["mean_entropy"])
         if "mean_confidence" in signals:
             self.batch_confidence.labels(adapter).observe(signals["mean_confidence"])
-        for name, histogram in self.batch_ratios.items():
+        for name, histogram in (self.batch_ratios | self.batch_distances).items():
             if name in signals:
                 histogram.labels(adapter).observe(signals[name])
         if "bn_shift" in signals:

@@ -1,6 +1,6 @@
 """Building blocks shared by the adapters; each idea is written once, here."""
 
-from adapters.blocks.augment import AugmentConfig, cotta_augment, crop_and_flip
+from adapters.blocks.augment import AugmentConfig, cotta_augment, cotta_views, crop_and_flip
 from adapters.blocks.ema import ema_update
 from adapters.blocks.losses import entropy, soft_cross_entropy, supervised_contrastive, symmetric_cross_entropy
 from adapters.blocks.norm import test_batch_norm_layers, use_test_batch_statistics
@@ -16,6 +16,7 @@ __all__ = [
     "TeacherTarget",
     "agreement",
     "cotta_augment",
+    "cotta_views",
     "crop_and_flip",
     "ema_update",
     "entropy",

@@ -1,4 +1,4 @@
-"""Mean-teacher EMA update (methods.md B2)."""
+"""Mean-teacher EMA update."""
 
 from __future__ import annotations
 

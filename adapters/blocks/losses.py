@@ -1,4 +1,4 @@
-"""Losses on logits (methods.md B4)."""
+"""Losses on logits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Test-batch BatchNorm configuration (methods.md B1)."""
+"""Test-batch BatchNorm configuration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Optimizer factory with the papers' defaults (methods.md B6) and per-stream state I/O."""
+"""Optimizer factory with the papers' defaults and per-stream state I/O."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ class OptimizerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["adam", "sgd"] = "adam"
+    name: Literal["adam", "sgd"] = Field("adam", description="adam or sgd")
     # bounds: the papers use 1e-5..0.05; above 1 every method here diverges at once
     lr: float = Field(1e-3, gt=0, le=1.0, description="learning rate (0 < lr <= 1)")
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="Adam's moment decay rates"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD: Nesterov momentum")
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="L2 weight decay")
 
 
 def make_optimizer(params: Iterable[Tensor], config: OptimizerConfig) -> torch.optim.Optimizer:

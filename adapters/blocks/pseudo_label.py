@@ -1,4 +1,4 @@
-"""The gated, augmentation-averaged teacher target of CoTTA and PETAL (methods.md 3.4, 3.8)."""
+"""The gated, augmentation-averaged teacher target of CoTTA and PETAL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from adapters.blocks.augment import AugmentConfig, cotta_augment
+from adapters.blocks.augment import AugmentConfig, cotta_views
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ def gated_teacher_target(
     if confidence >= threshold:
         return TeacherTarget(teacher(x), confidence, False)
     total = torch.zeros((), device=x.device)
-    for _ in range(n_augmentations):
-        view = cotta_augment(x, generator, augment)
-        total = total + teacher(view.contiguous(memory_format=torch.channels_last))
+    for start in range(0, n_augmentations, augment.views_per_pass):
+        # one batched pass builds several views; each is its own teacher forward, so each keeps
+        # its own test-batch statistics as in the reference
+        for view in cotta_views(x, generator, min(augment.views_per_pass, n_augmentations - start), augment):
+            total = total + teacher(view.contiguous(memory_format=torch.channels_last)).float()
     return TeacherTarget(total / n_augmentations, confidence, True)

@@ -1,4 +1,4 @@
-"""Stochastic restore towards the source weights (methods.md B5, CoTTA)."""
+"""Stochastic restore towards the source weights (CoTTA)."""
 
 from __future__ import annotations
 

@@ -8,8 +8,10 @@ held-out source data) of the adapted and of the source prediction. The adapted m
 confidence is no error signal on its own: entropy minimisation makes it confident exactly when
 errors pile up; agreement with the source and the ATC estimate of both are the ones to watch.
 The BatchNorm-statistics shift says how far the input has drifted from the source data; the
-relative distance of the adapted parameters from the source's, and (for teacher-student methods)
-the student's agreement with its teacher, how far the model itself has moved.
+relative distance of the adapted parameters from the source's, the distance of its class-conditional
+feature means from the source prototypes (:mod:`adapters.blocks.prototypes`) and (for
+teacher-student methods) the student's agreement with its teacher, how far the model itself has
+moved.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ FIELDS = (
     "param_distance_sum",
     "teacher_steps",  # adaptation steps of a teacher-student method
     "teacher_agreement_sum",
+    "proto_steps",  # steps whose adapted features were compared with the source prototypes
+    "proto_distance_sum",
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -54,6 +58,7 @@ RATIOS = {
     "confident_source_agreement": ("atc_source_agree", "atc_source"),
     "parameter_distance": ("param_distance_sum", "param_steps"),
     "teacher_agreement": ("teacher_agreement_sum", "teacher_steps"),
+    "prototype_distance": ("proto_distance_sum", "proto_steps"),
 }
 # every signal a window reports: the ratios, plus the adapted minus the source ATC estimate
 # (negative: by its own confidence calibration, adaptation made the model worse than the source)
@@ -74,7 +79,7 @@ def step_sums(
 ) -> Tensor:
     """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),); ``bn_shift`` is the batch's
     BatchNorm-statistics shift from :mod:`adapters.blocks.bn_shift`; ``adapted`` the adapter's
-    ``parameter_distance`` and ``teacher_agreement`` when the step updated it."""
+    ``parameter_distance``, ``teacher_agreement`` and ``prototype_distance`` when it has them."""
     probs = logits.float().softmax(1)
     n, classes = probs.shape
     predicted = probs.argmax(1)
@@ -101,6 +106,8 @@ def step_sums(
         out[14], out[15] = 1, adapted["parameter_distance"]
     if "teacher_agreement" in adapted:
         out[16], out[17] = 1, adapted["teacher_agreement"]
+    if "prototype_distance" in adapted:
+        out[18], out[19] = 1, adapted["prototype_distance"]
     return out
 
 

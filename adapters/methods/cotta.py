@@ -1,4 +1,4 @@
-"""``cotta``: Continual Test-Time Adaptation (Wang et al., CVPR 2022; methods.md 3.4)."""
+"""``cotta``: Continual Test-Time Adaptation (Wang et al., CVPR 2022)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class CottaConfig(AdapterConfig):
     gate_threshold: float = Field(
         0.92, ge=0.0, le=1.0, description="AP: augment when the batch-mean anchor confidence is below it"
     )
-    n_augmentations: int = Field(32, ge=1)
+    n_augmentations: int = Field(32, ge=1, description="augmented teacher views averaged when the gate fires")
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce (1/2, 1/2) for ImageNet")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
@@ -110,6 +110,9 @@ class CottaAdapter(RoleStateAdapter):
             "teacher_agreement": agreement(student_logits, target),
         }
         return target
+
+    def _feature_network(self) -> nn.Module:
+        return self.student  # run once per step on the clean batch
 
     def _predict(self, x: Tensor) -> Tensor:
         return self.teacher(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]

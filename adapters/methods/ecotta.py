@@ -1,4 +1,4 @@
-"""``ecotta``: memory-efficient continual TTA with meta networks (Song et al., CVPR 2023; methods.md 3.7)."""
+"""``ecotta``: memory-efficient continual TTA with meta networks (Song et al., CVPR 2023)."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ class EcottaAdapter(RoleStateAdapter):
 
     Per-stream state: meta network parameters and their momentum buffers.
 
-    Deviations: no official code exists (methods.md 3.7 follows the paper's appendix); 1x1 meta
+    Deviations: no official code exists (this follows the paper's appendix); 1x1 meta
     convolutions by default (3x3 in the community code) so that the per-stream state stays under
     10 % of the model; the meta networks start from the source-aligned initialisation
     (:func:`source_aligned_init`: meta BN affine = the source statistics of the partition output,

@@ -1,4 +1,4 @@
-"""``norm``: BatchNorm with test-batch statistics (Schneider et al., 2020; methods.md 3.2)."""
+"""``norm``: BatchNorm with test-batch statistics (Schneider et al., 2020)."""
 
 from __future__ import annotations
 
@@ -66,5 +66,8 @@ class NormAdapter(Adapter):
     def _forward_and_adapt(self, x: Tensor) -> Tensor:
         with torch.inference_mode():
             return self.view(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]
+
+    def _feature_network(self) -> nn.Module:
+        return self.view  # run once per step on the clean batch
 
     _predict = _forward_and_adapt

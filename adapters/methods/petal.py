@@ -1,4 +1,4 @@
-"""``petal``: Probabilistic lifelong test-time adaptation (Brahma & Rai, CVPR 2023; methods.md 3.8)."""
+"""``petal``: Probabilistic lifelong test-time adaptation (Brahma & Rai, CVPR 2023)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class PetalConfig(AdapterConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
     ema_alpha: float = Field(0.999, ge=0.0, le=1.0, description="teacher EMA momentum")
     gate_threshold: float = Field(0.92, ge=0.0, le=1.0, description="AP of the anchor-confidence gate")
-    n_augmentations: int = Field(32, ge=1)
+    n_augmentations: int = Field(32, ge=1, description="augmented teacher views averaged when the gate fires")
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce for ImageNet")
     prior_weight: float = Field(1e-9, ge=0, description="spw: weight of the Gaussian SWAG prior")
     restore: Literal["fim", "sres"] = Field("fim", description="PETAL-FIM (Fisher quantile) or PETAL-SRes")
@@ -153,6 +153,9 @@ class PetalAdapter(RoleStateAdapter):
 
     def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
         return list(self.teacher_params), list(self.source_params)
+
+    def _feature_network(self) -> nn.Module:
+        return self.student  # run once per step on the clean batch
 
     def _predict(self, x: Tensor) -> Tensor:
         return self.teacher(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""``rmt``: Robust Mean Teacher (Döbler, Marsden, Yang, CVPR 2023; methods.md 3.5)."""
+"""``rmt``: Robust Mean Teacher (Döbler, Marsden, Yang, CVPR 2023)."""
 
 from __future__ import annotations
 
@@ -182,6 +182,9 @@ class RmtAdapter(RoleStateAdapter):
         images = bank["images"][index].to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
         loss: Tensor = nn.functional.cross_entropy(self.student(images), bank["labels"][index].long().to(device))
         return loss
+
+    def _feature_network(self) -> nn.Module:
+        return self.teacher  # run once per step on the clean batch
 
     def _predict(self, x: Tensor) -> Tensor:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -1,10 +1,10 @@
-"""``tent``: entropy minimisation on BatchNorm affine parameters (Wang et al., ICLR 2021; methods.md 3.3)."""
+"""``tent``: entropy minimisation on BatchNorm affine parameters (Wang et al., ICLR 2021)."""
 
 from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from adapters.base import Adapter, AdapterConfig, register_adapter
@@ -55,6 +55,9 @@ class TentAdapter(Adapter):
         self.optimizer.step()
         self._loss = float(loss.detach())
         return logits  # type: ignore[no-any-return]
+
+    def _feature_network(self) -> nn.Module:
+        return self.view  # run once per step on the clean batch
 
     def _predict(self, x: Tensor) -> Tensor:
         return self.view(x.contiguous(memory_format=torch.channels_last))  # type: ignore[no-any-return]

@@ -1,4 +1,4 @@
-"""``vida``: homeostatic visual domain adapters (Liu et al., ICLR 2024; methods.md 3.6), CNN form."""
+"""``vida``: homeostatic visual domain adapters (Liu et al., ICLR 2024), CNN form."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,
     agreement,
-    cotta_augment,
+    cotta_views,
     crop_and_flip,
     ema_update,
     make_optimizer,
@@ -213,9 +213,8 @@ class VidaAdapter(RoleStateAdapter):
         for layer in self.teacher_layers:  # measured with both branches at weight 1
             layer.scale_low = layer.scale_high = 1.0
         if config.uncertainty == "augmentation":
-            views = torch.stack(
-                [self.teacher(cotta_augment(x, self.generator, config.augment)) for _ in range(config.n_passes)]
-            )
+            augmented = cotta_views(x, self.generator, config.n_passes, config.augment)
+            views = torch.stack([self.teacher(view).float() for view in augmented])
             return 0.1 * views.var(dim=0).mean()  # one scalar for the batch
         teacher = self.teacher
         assert isinstance(teacher, NormalizedModel)
@@ -228,6 +227,7 @@ class VidaAdapter(RoleStateAdapter):
         return (stacked - stacked.mean(0)).square().sum(2).mean(0).sqrt()  # per image
 
     def _allot(self, uncertainty: Tensor) -> None:
+        uncertainty = uncertainty.float()  # the scales are fp32 whatever the step's precision
         high = uncertainty >= self.config.threshold
         scale_high = torch.where(high, 1 + uncertainty, 1 - uncertainty)
         scale_low = torch.where(high, 1 - uncertainty, 1 + uncertainty)

@@ -71,6 +71,7 @@ class StreamManager:
         self.step_observers: list[Callable[[str, int, float, dict[str, float]], None]] = []
         # called with (adapter, reason, action) for every guard action
         self.guard_observers: list[Callable[[str, str, str], None]] = []
+        self.transfer_observers: list[Callable[[str, float], None]] = []  # (spill | wake, seconds)
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
         create_adapter(options.default_adapter, source, options.default_config)
@@ -187,6 +188,7 @@ class StreamManager:
     def _wake(self, stream_id: str) -> Stream:
         """Bring a spilled stream back from its snapshot, exactly as it was."""
         assert self.store is not None
+        started = time.perf_counter()
         try:
             state = self.store.read(stream_id)
         except SnapshotError:
@@ -200,7 +202,12 @@ class StreamManager:
             raise
         stream.saved_version = stream.version
         self.counters["wakes"] += 1
+        self._observe_transfer("wake", started)
         return stream
+
+    def _observe_transfer(self, kind: str, started: float) -> None:
+        for observe in self.transfer_observers:
+            observe(kind, time.perf_counter() - started)
 
     # -- the memory budget ------------------------------------------------------------------------
     def state_total(self) -> int:
@@ -226,6 +233,7 @@ class StreamManager:
     def spill(self, stream: Stream) -> bool:
         """Move an idle stream to the store; False (logged, counted) if it cannot be written."""
         assert self.store is not None
+        started = time.perf_counter()
         try:
             if stream.saved_version != stream.version:
                 self.write_snapshot(stream)
@@ -240,6 +248,7 @@ class StreamManager:
         self.streams.pop(stream.stream_id, None)
         self.spilled.add(stream.stream_id)
         self.counters["spills"] += 1
+        self._observe_transfer("spill", started)
         return True
 
     # -- work on a stream -------------------------------------------------------------------------

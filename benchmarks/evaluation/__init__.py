@@ -1,0 +1,1 @@
+"""Evaluation: stream settings, the replay runner (in process or remote), and the studies built on it."""

@@ -1,0 +1,1 @@
+"""Reporting: result files (JSON + Markdown) and plots."""

@@ -1,0 +1,70 @@
+"""Compute precision: bf16 steps agree with fp32 on real images; ``auto`` resolves by device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adapters import SourceModel, create_adapter, list_adapters
+from adapters.precision import native_bf16, resolve_precision
+from benchmarks.data.cifar10 import load_cifar10
+from benchmarks.data.corruptions.functions import gaussian_noise
+
+# per batch of 100 real images, bf16 against fp32 from the same start: adapted models drift apart
+# a little with every step, so these bound the effect; equal error on a whole CIFAR-10-C stream is
+# the adapter-speed benchmark's equal-error replay
+AGREEMENT_FLOOR = 0.9  # argmax agreement
+ACCURACY_TOLERANCE = 0.04  # absolute difference of the accuracy on the true labels
+PROBABILITY_TOLERANCE = 0.05  # mean absolute difference of the softmax outputs
+
+
+@pytest.fixture(scope="module")
+def real_batches(shared_cifar10: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Two batches of 100 real test images: clean, then gaussian noise (severity 3: a shift)."""
+    images = load_cifar10(shared_cifar10, "test").images[:200]
+    rng = np.random.default_rng(0)
+    noisy = np.stack([gaussian_noise(image, 3, rng) for image in images[100:]])
+    batches = [torch.from_numpy(x).permute(0, 3, 1, 2).float().div(255) for x in (images[:100], noisy)]
+    labels = torch.from_numpy(load_cifar10(shared_cifar10, "test").labels[:200]).long()
+    return [(batches[0], labels[:100]), (batches[1], labels[100:])]
+
+
+@pytest.mark.parametrize("name", list_adapters())
+def test_bf16_steps_agree_with_fp32_on_real_images(
+    name: str, bundled_source: SourceModel, real_batches: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
+    exact = create_adapter(name, bundled_source, {"precision": "fp32"})
+    fast = create_adapter(name, bundled_source, {"precision": "bf16"})
+    assert (exact.precision, fast.precision) == ("fp32", "bf16")
+    for x, labels in real_batches:
+        want, got = exact.forward_and_adapt(x), fast.forward_and_adapt(x)
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        agreement = float((got.argmax(1) == want.argmax(1)).float().mean())
+        assert agreement >= AGREEMENT_FLOOR, f"{name}: {agreement:.3f} argmax agreement"
+        accuracy = [float((logits.argmax(1) == labels).float().mean()) for logits in (want, got)]
+        assert abs(accuracy[0] - accuracy[1]) <= ACCURACY_TOLERANCE, f"{name}: accuracy {accuracy}"
+        assert float((got.softmax(1) - want.softmax(1)).abs().mean()) < PROBABILITY_TOLERANCE
+    assert fast.state_is_finite()
+    assert all(t.dtype == torch.float32 for t in fast._state_tensors().values() if t.is_floating_point())
+
+
+def test_auto_takes_the_adapters_preference_only_where_bf16_is_native() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu, {"cpu": "bf16"}) == "fp32"
+    assert resolve_precision("bf16", cpu, {}) == "bf16"  # an explicit choice is kept
+    assert resolve_precision("auto", cpu, {}) == "fp32"  # no measured preference: exact
+    assert resolve_precision("auto", cpu, {"cpu": "bf16"}) == ("bf16" if native_bf16(cpu) else "fp32")
+    assert resolve_precision("auto", torch.device("meta"), {"meta": "bf16"}) == "fp32"
+
+
+def test_a_snapshot_from_before_the_precision_option_still_loads(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("tent", tiny_source)
+    adapter.forward_and_adapt(torch.rand(8, 3, 32, 32))
+    state = adapter.state_dict()
+    del state["config"]["precision"]  # as written by a release without the option
+    restored = create_adapter("tent", tiny_source)
+    restored.load_state_dict(state)
+    assert restored.steps == 1

@@ -1,0 +1,56 @@
+"""``tta-bench`` explains itself: every command and option has help, outputs go to run folders,
+option combinations that would be ignored are refused."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from benchmarks.cli import build_parser, main
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_every_command_and_option_has_help() -> None:
+    commands = subcommands()
+    assert len(commands) == 15
+    help_text = build_parser().format_help()
+    assert all(name in help_text for name in commands)
+    undocumented = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in commands.items()
+        if name != "train-source"  # its own parser, checked below
+        for action in parser._actions
+        if not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert not undocumented, undocumented
+
+
+def test_benchmark_outputs_default_to_a_run_folder_not_the_committed_results() -> None:
+    for name, parser in subcommands().items():
+        out = next((a for a in parser._actions if a.dest == "out"), None)
+        if out is not None and out.default is not None and not out.required:
+            assert Path(out.default).parts[0] == "runs", (name, out.default)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--server", "http://127.0.0.1:9", "--orders", "cotta10"], "runs in process only"),
+        (["--server", "http://127.0.0.1:9", "--device", "cuda"], "its own device"),
+        (["--delta", "0.1"], "--setting correlated only"),
+        (["--visits", "3"], "--setting recurring only"),
+        (["--preprocessing", "resize-crop"], "imagenet-c only"),
+        (["--adapters", "tent", "--adapter-config", '{"cotta": {}}'], "not in --adapters"),
+    ],
+)
+def test_replay_refuses_options_it_would_ignore(extra: list[str], message: str, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=message):
+        main(["replay", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()  # refused before any work

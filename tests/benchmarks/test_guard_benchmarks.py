@@ -1,0 +1,96 @@
+"""The observability benchmarks (tta-bench signals, tta-bench long-streams) on a small synthetic
+CIFAR-10-C: they run end to end and compute what their tables claim."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.data.cifar10c import CORRUPTIONS
+from benchmarks.evaluation.long_streams import run_long_streams, series
+from benchmarks.evaluation.signals_vs_truth import correlations, run_signals_vs_truth
+from tests.conftest import make_tiny_source
+
+
+@pytest.fixture(scope="module")
+def small_cifar10c(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """15 domains of 32 smooth random images each, noisier domain by domain (so errors differ)."""
+    root = tmp_path_factory.mktemp("c10c")
+    rng = np.random.default_rng(0)
+    np.save(root / "labels.npy", np.tile(np.arange(32) % 10, 5).astype(np.uint8))
+    base = rng.integers(0, 256, size=(160, 8, 8, 3)).repeat(4, axis=1).repeat(4, axis=2)
+    for index, name in enumerate(CORRUPTIONS):
+        noise = rng.normal(0, 6 * index, size=base.shape)
+        np.save(root / f"{name}.npy", np.clip(base + noise, 0, 255).astype(np.uint8))
+    return root
+
+
+def test_correlations_rank_signals_against_the_error() -> None:
+    domains = [f"d{i}" for i in range(5)]
+    result = {
+        "config": {"adapter": "x"},
+        "mean_error": 0.3,
+        "per_domain_error": {d: 0.1 * i for i, d in enumerate(domains)},
+        "batches": [
+            {"domain": d, "signals": {"source_agreement": 1 - 0.1 * i, "atc_accuracy": 1 - 0.1 * i, "bn_shift": 0.5}}
+            for i, d in enumerate(domains)
+        ],
+    }
+    row = correlations(result, {d: 0.5 for d in domains})
+    assert row["spearman"]["source_agreement"] == pytest.approx(-1.0) and "bn_shift" not in row["spearman"]
+    assert row["best_signal"] in {"source_agreement", "atc_accuracy"}
+    assert row["estimator_mae"]["atc_accuracy"] == pytest.approx(0.0)  # 1 - estimate equals the error
+
+
+def test_signals_benchmark_writes_its_table_and_picture(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_signals_vs_truth(
+        make_tiny_source(),
+        small_cifar10c,
+        ["norm"],
+        n_per_domain=32,
+        batch_size=16,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    (row,) = report["rows"]
+    assert row["adapter"] == "norm" and len(row["per_domain"]) == 15 and row["spearman"]
+    assert all(-1 <= rho <= 1 for rho in row["spearman"].values())
+    assert "| norm |" in (tmp_path / "signals_vs_truth.md").read_text()
+    assert (tmp_path / "signals_vs_truth.png").stat().st_size > 10_000
+
+
+def test_long_streams_compare_variants_per_visit(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_long_streams(
+        make_tiny_source(),
+        small_cifar10c,
+        ["tent"],
+        visits=2,
+        n_per_visit=16,
+        reset_every_steps=3,
+        window_steps=2,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    recurring = report["streams"]["recurring"]
+    assert [(r["adapter"], r["variant"]) for r in recurring] == [
+        ("source", "source"),
+        ("tent", "no guard"),
+        ("tent", "guard"),
+        ("tent", "periodic reset"),
+    ]
+    assert all(len(r["per_visit_error"]) == 2 for r in recurring)
+    assert recurring[0]["per_visit_error"][0] == recurring[0]["per_visit_error"][1]  # the source does not adapt
+    assert recurring[3]["guard_actions"]["periodic"] == 30 // 3  # 15 domains x 2 visits, one batch each
+    assert len(report["streams"]["dirichlet"][0]["per_domain_error"]) == 15
+    saved = json.loads((tmp_path / "long_streams.json").read_text())
+    assert saved["streams"]["recurring"][1]["mean_error"] == recurring[1]["mean_error"]
+    assert "## dirichlet" in (tmp_path / "long_streams.md").read_text()
+
+
+def test_series_averages_domains_per_visit() -> None:
+    result = {"per_domain_error": {"a#1": 0.2, "b#1": 0.4, "a#2": 0.1, "b#2": 0.3}}
+    assert series(result, recurring=True) == pytest.approx([0.3, 0.2])
+    assert series(result, recurring=False) == [0.2, 0.4, 0.1, 0.3]

@@ -1,0 +1,186 @@
+"""Memory budget: idle streams spill to disk and wake up exactly as they were."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
+from adapters.memory import measure_working_memory, step_memory
+from adapters.online import OnlineStream
+from tests.helpers import files, images, probabilities
+from tests.server_harness import running_server
+from tta_server import Settings
+from tta_server.streams import SnapshotStore, StreamManager, StreamOptions
+
+# budgets in these tests: steps of at most 32 images, so the server measures at 8 and 32 (fast)
+SMALL_STEPS = {"max_images_per_request": 32, "max_batch_size": 32}
+SIZES = (8, 32)
+
+
+def state_after_a_step(images: int = 4) -> int:
+    """A tent stream's state (parameters, moments and its min_adapt_batch=4 context) after a step."""
+    source = create_source_model()
+    stream = OnlineStream(create_adapter("tent", source), 4, get_frozen_forward(source))
+    stream.step(torch.rand(images, *source.input_shape, generator=torch.Generator().manual_seed(0)))
+    return stream.state_bytes()
+
+
+def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
+    # the budget holds one stream, not two, plus one step of 4 images (working memory and undo copy)
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(4)
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        memory_budget_bytes=working + 9 * state_after_a_step() // 4,
+        snapshot_dir=tmp_path,
+        **SMALL_STEPS,
+    )
+    reference = create_adapter("tent", create_source_model())
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def predict(stream: str, seed: int) -> dict:  # type: ignore[type-arg]
+            response = client.post("/v1/predict", files=files(images(4, seed)), headers={"X-Stream-Id": stream})
+            assert response.status_code == 200, response.text
+            return response.json()  # type: ignore[no-any-return]
+
+        predict("a", 1)
+        predict("b", 2)  # over budget: "a" (least recently used) goes to disk
+        in_memory = {s["stream_id"] for s in client.get("/v1/streams").json()}
+        assert in_memory == {"b"} and SnapshotStore(tmp_path).exists("a")
+        woken = predict("a", 3)  # "a" comes back (and "b" goes out)
+        assert woken["step"] == 2
+        for seed in (1, 3):
+            batch = torch.from_numpy(images(4, seed)).permute(0, 3, 1, 2).float() / 255
+            expected = reference.forward_and_adapt(batch).softmax(1).numpy()
+        got = probabilities(woken)
+        top = expected.argsort(1)[:, ::-1][:, :5]
+        np.testing.assert_allclose(np.take_along_axis(got, top, 1), np.take_along_axis(expected, top, 1), atol=1e-5)
+        assert {s["stream_id"] for s in client.get("/v1/streams").json()} == {"a"}
+        assert client.get("/v1/streams/b").json()["steps"] == 1  # a spilled stream answers too
+
+
+def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
+    import time
+
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, idle_timeout_s=0.4, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "sleepy"})
+        deadline = time.monotonic() + 10
+        while client.get("/v1/streams").json() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get("/v1/streams").json() == [] and SnapshotStore(tmp_path).exists("sleepy")
+        again = client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "sleepy"})
+        assert again.json()["step"] == 2  # woke up from its snapshot, not from the source
+    dropping = Settings(default_adapter="norm", idle_timeout_s=0.4)
+    with running_server(dropping) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "gone"})
+        time.sleep(1.0)
+        assert client.get("/v1/streams/gone").status_code == 404  # no snapshots: dropped
+
+
+def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: SourceModel) -> None:
+    source = bundled_source
+    x = torch.rand(24, *source.input_shape, generator=torch.Generator().manual_seed(3))
+    # cotta's peak grows faster beyond small batches than below them: a line through two small
+    # steps would under-reserve, the chord from a small to the largest step must not
+    for name in ("norm", "tent", "cotta"):
+        estimate = measure_working_memory(name, source, sizes=(4, 32))
+        assert estimate.per_image_bytes > 0
+        adapter = create_adapter(name, source)
+        adapter.forward_and_adapt(x[:4])
+        for n in (2, 12, 24):
+            measured = step_memory(adapter, x[:n])["step_peak_bytes"]
+            assert measured <= estimate.bytes_for(n), (name, n, estimate, measured)
+            if n >= estimate.small_images:  # below it, the small step's peak is reserved
+                assert estimate.bytes_for(n) <= 1.5 * measured, (name, n, estimate, measured)
+
+
+def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchanged(tmp_path: Path) -> None:
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
+    state = state_after_a_step(8)
+    budget = working.bytes_for(8) + 3 * state  # one step of 8 images fits, one of 32 does not
+    settings = Settings(
+        default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path, **SMALL_STEPS
+    )
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        refused = client.post("/v1/predict", files=files(images(32, 1)), headers={"X-Stream-Id": "big"})
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        error = refused.json()["error"]
+        assert error["code"] == "memory_budget" and "working memory" in error["message"]
+        assert client.get("/v1/streams/big").json()["steps"] == 0
+        accepted = client.post("/v1/predict", files=files(images(8, 1)), headers={"X-Stream-Id": "big"})
+        assert accepted.status_code == 200 and accepted.json()["step"] == 1
+        memory = client.get("/v1/memory").json()
+        assert memory["budget_bytes"] == budget and memory["in_flight_bytes"] == 0
+        assert memory["state_bytes"] > 0 and memory["working_memory"][0]["adapter"] == "tent"
+        assert memory["working_memory"][0]["per_image_bytes"] > 0
+
+
+def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
+    source = create_source_model()
+    working = measure_working_memory("tent", source, sizes=SIZES).bytes_for(8)
+    state = state_after_a_step(8)
+    step = working + state  # a step's working memory plus the copy that undoes a diverged step
+    budget = 4 * state + step + step // 2  # four states and one step at a time, not two
+    peaks = {"total": 0, "in_flight": 0}
+
+    async def main() -> list[int]:
+        options = StreamOptions(min_adapt_batch=4, memory_budget_bytes=budget, largest_step=SIZES[1])
+        manager = StreamManager(source, options, SnapshotStore(tmp_path))
+        reserve = manager.budget.reserve
+
+        async def recording(need: int, make_room: Callable[[int], None]) -> None:
+            await reserve(need, make_room)
+            peaks["total"] = max(peaks["total"], manager.state_total() + manager.budget.in_flight_bytes)
+            peaks["in_flight"] = max(peaks["in_flight"], manager.budget.in_flight_bytes)
+
+        manager.budget.reserve = recording  # type: ignore[method-assign]
+        batches = [torch.rand(8, *source.input_shape, generator=torch.Generator().manual_seed(i)) for i in range(8)]
+        try:
+            results = await asyncio.gather(*(manager.step(f"s{i % 4}", b) for i, b in enumerate(batches)))
+        finally:
+            manager.close()
+        return [result.steps for result in results]
+
+    steps = asyncio.run(main())
+    assert sorted(steps) == [1, 1, 1, 1, 2, 2, 2, 2]  # every step ran, none was refused
+    assert 0 < peaks["total"] <= budget
+    # steps held their working memory, and never two at once (the pool has 2 workers)
+    assert working <= peaks["in_flight"] < 2 * working
+
+
+def test_spill_and_wake_are_exact_for_small_requests(tmp_path: Path) -> None:
+    """Two streams fed 3 images at a time (below min_adapt_batch=4) under a budget that holds one:
+    each request spills the other stream with its buffer, and every answer equals the answer of an
+    uninterrupted in-process stream."""
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(8)
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        # one stream's state with 3 buffered images, its undo copy, and a quarter more: never two streams
+        memory_budget_bytes=working + 9 * (state_after_a_step() + 3 * 3 * 32 * 32 * 4) // 4,
+        snapshot_dir=tmp_path,
+        **SMALL_STEPS,
+    )
+    source = create_source_model()
+    references = {name: OnlineStream(create_adapter("tent", source), 4, get_frozen_forward(source)) for name in "ab"}
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        alone = 0
+        for request in range(8):
+            name = "ab"[request % 2]
+            batch = images(3, request)
+            response = client.post("/v1/predict", files=files(batch), headers={"X-Stream-Id": name})
+            assert response.status_code == 200, response.text
+            expected = references[name].step(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)
+            got = probabilities(response.json())
+            top = expected.softmax(1).numpy().argsort(1)[:, ::-1][:, :5]
+            want = np.take_along_axis(expected.softmax(1).numpy(), top, 1)
+            np.testing.assert_allclose(np.take_along_axis(got, top, 1), want, atol=1e-6)
+            alone += [s["stream_id"] for s in client.get("/v1/streams").json()] == [name]  # the other spilled
+        assert alone >= 5 and client.get("/v1/memory").json()["streams_spilled"] == 1

@@ -1,0 +1,249 @@
+"""Persistence under faults: failures logged, counted and retried; deletes racing snapshot passes;
+bounded shutdown; readiness while writes keep failing; snapshots of another model quarantined."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from adapters import SourceModel
+from tests.conftest import image_batch
+from tests.helpers import png
+from tests.server_harness import running_server
+from tta_server import Settings
+from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
+from tta_server.streams.persistence import run_forever
+
+
+def manager_with_store(source: SourceModel, directory: Path) -> tuple[StreamManager, Persistence]:
+    store = SnapshotStore(directory)
+    manager = StreamManager(source, StreamOptions(default_adapter="tent", min_adapt_batch=4), store)
+    return manager, Persistence(manager, store, failure_grace_s=0.2)
+
+
+def test_one_unwritable_stream_does_not_stop_the_others(
+    tmp_path: Path, tiny_source: SourceModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            for name in ("a", "b", "c"):
+                await manager.step(name, image_batch(4))
+            blocker = persistence.store.path("b")
+            blocker.mkdir()  # the rename onto b's file fails: b cannot be written
+            with caplog.at_level(logging.ERROR):
+                assert await persistence.snapshot_changed() == (2, 1)
+            assert persistence.store.exists("a") and persistence.store.exists("c")
+            assert "stream b: snapshot failed" in caplog.text and manager.counters["snapshot_failures"] == 1
+            assert persistence.failing_since is not None
+            blocker.rmdir()
+            assert await persistence.snapshot_changed() == (1, 0)  # retried on the next pass
+            assert persistence.store.read("b")["steps"] == 1 and persistence.healthy()
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_delete_during_a_snapshot_pass_neither_crashes_it_nor_resurrects_the_stream(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        store = persistence.store
+        writing, release = threading.Event(), threading.Event()
+        write = store.write
+
+        def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
+            if stream_id == "a":
+                writing.set()
+                release.wait(10)
+            return write(stream_id, state)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+            snapshot_pass = asyncio.create_task(persistence.snapshot_changed())
+            await asyncio.to_thread(writing.wait, 10)
+            deleting_a = asyncio.create_task(manager.delete("a"))  # waits for a's write to finish
+            await manager.delete("b")  # b is deleted before the pass reaches it
+            release.set()
+            assert await snapshot_pass == (1, 0)
+            await deleting_a
+            assert not store.exists("a") and not store.exists("b") and manager.streams == {}
+            assert persistence.restore_all() == []
+        finally:
+            release.set()
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_shutdown_snapshots_are_bounded_in_time_and_report_failures(tmp_path: Path, tiny_source: SourceModel) -> None:
+    async def main() -> dict[str, str]:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        write = persistence.store.write
+
+        def stuck_write(stream_id: str, state: dict[str, Any]) -> Path:
+            if stream_id == "stuck":
+                time.sleep(2)
+            return write(stream_id, state)
+
+        persistence.store.write = stuck_write  # type: ignore[method-assign]
+        try:
+            for name in ("stuck", "fine"):
+                await manager.step(name, image_batch(4))
+            started = time.monotonic()
+            failures = await persistence.snapshot_all(timeout_s=0.5)
+            assert time.monotonic() - started < 1.5
+            return failures
+        finally:
+            manager.close()
+
+    failures = asyncio.run(main())
+    assert set(failures) == {"stuck", "fine"}  # the deadline passed during the first write
+
+
+def test_background_loops_survive_their_failures() -> None:
+    calls: list[int] = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("disk on fire")
+
+    async def main() -> None:
+        task = asyncio.create_task(run_forever("test", 0.01, flaky))
+        deadline = time.monotonic() + 5
+        while len(calls) < 4 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(main())
+    assert len(calls) >= 4
+
+
+def predict(client: httpx.Client, stream: str, seed: int) -> httpx.Response:
+    files = [("files", (f"{i}.png", png(seed * 10 + i), "image/png")) for i in range(4)]
+    return client.post("/v1/predict", files=files, headers={"X-Stream-Id": stream})
+
+
+def test_readiness_turns_false_while_snapshots_keep_failing(tmp_path: Path) -> None:
+    directory = tmp_path / "snapshots"
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        snapshot_dir=directory,
+        snapshot_interval_s=0.1,
+        persistence_failure_grace_s=0.3,
+    )
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert predict(client, "cam", 1).status_code == 200
+        deadline = time.monotonic() + 10
+        while not SnapshotStore(directory).exists("cam") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(directory)
+        directory.write_text("the volume went away")  # every write fails from now on
+        assert predict(client, "cam", 2).status_code == 200  # serving goes on
+        deadline = time.monotonic() + 10
+        while client.get("/health/ready").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health/ready").json()["status"] == "persistence_failing"
+        report = client.get("/v1/persistence").json()
+        assert report["failures"]["snapshot_failures"] >= 1 and "cam" in report["last_error"]
+        directory.unlink()
+        deadline = time.monotonic() + 10
+        while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health/ready").status_code == 200  # recovered on its own
+    assert SnapshotStore(directory).read("cam")["steps"] == 2
+
+
+def test_a_deleted_stream_stays_deleted_after_a_restart(tmp_path: Path) -> None:
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        predict(client, "gone", 1)
+        predict(client, "kept", 1)
+        assert client.post("/v1/streams/gone/snapshot").status_code == 200
+        assert client.delete("/v1/streams/gone").status_code == 204
+        assert not SnapshotStore(tmp_path).exists("gone")
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/streams/gone").status_code == 404
+        assert client.get("/v1/streams/kept").json()["steps"] == 1
+
+
+def test_snapshots_of_another_model_are_quarantined_at_start(tmp_path: Path, tiny_source: SourceModel) -> None:
+    from adapters import create_adapter, get_frozen_forward
+    from adapters.online import OnlineStream
+
+    foreign = OnlineStream(create_adapter("tent", tiny_source), 4, get_frozen_forward(tiny_source, "torch"))
+    foreign.step(torch.rand(4, 3, 32, 32))
+    SnapshotStore(tmp_path).write("foreign", foreign.state_dict())
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        report = client.get("/v1/persistence").json()
+        assert report["quarantined"] == 1 and "model" in report["quarantined_files"][0]["reason"]
+        assert client.get("/v1/streams/foreign").status_code == 404
+
+
+def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Under a memory budget, a stream that cannot be spilled stays in memory and the next least
+    recently used one goes instead; the step that needed the room succeeds."""
+
+    async def main() -> None:
+        store = SnapshotStore(tmp_path)
+        probe = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        await probe.step("probe", image_batch(4))
+        state = probe.streams["probe"].online.state_bytes()
+        probe.close()
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        try:
+            for name in ("stuck", "idle", "busy"):
+                await manager.step(name, image_batch(4))
+            store.path("stuck").mkdir()  # "stuck" (the least recently used) cannot be written
+            # the budget arrives after the steps (no working-memory measurement needed): two streams fit
+            manager.budget.budget_bytes = 2 * state + state // 2
+            manager.make_room(keep="busy")
+            assert set(manager.streams) == {"stuck", "busy"} and manager.spilled == {"idle"}
+            assert manager.counters["spill_failures"] == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_source: SourceModel) -> None:
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        store = persistence.store
+        delete = store.delete
+        failing = [True]
+
+        def flaky_delete(stream_id: str) -> bool:
+            if failing[0]:
+                raise PermissionError("read-only file system")
+            return delete(stream_id)
+
+        store.delete = flaky_delete  # type: ignore[method-assign]
+        try:
+            await manager.step("old", image_batch(4))
+            await persistence.snapshot("old")
+            await manager.delete("old")  # answered: the stream is gone from memory
+            assert manager.undeleted == {"old"} and store.exists("old")
+            failing[0] = False
+            await persistence.snapshot_changed()
+            assert manager.undeleted == set() and not store.exists("old")
+        finally:
+            manager.close()
+
+    asyncio.run(main())

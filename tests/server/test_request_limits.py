@@ -1,0 +1,151 @@
+"""Limits enforced while the body streams in, on a real server, over raw sockets (chunked uploads)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from tests.helpers import png
+from tests.server_harness import running_server
+from tta_server import Settings
+
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    settings = Settings(default_adapter="norm", max_request_bytes=LIMIT, request_read_timeout_s=0.5, min_adapt_batch=4)
+    with running_server(settings) as base:
+        yield base
+
+
+def chunked_upload(
+    url: str, path: str, content_type: str, chunks: Iterator[bytes], budget: int, extra: str = ""
+) -> tuple[int, int]:
+    """Send a chunked body until the server answers (or ``budget`` bytes went out); returns
+    (status, bytes sent)."""
+    address = urlparse(url)
+    sock = socket.create_connection((address.hostname, address.port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)  # little hidden in kernel buffers
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n{extra}Transfer-Encoding: chunked\r\n\r\n"
+    )
+    sock.sendall(head.encode())
+    sent = 0
+    sock.setblocking(False)
+    response = b""
+    try:
+        for chunk in chunks:
+            with contextlib.suppress(BlockingIOError):
+                response += sock.recv(65536)
+            if response or sent > budget:
+                break
+            try:
+                sock.setblocking(True)
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                sock.setblocking(False)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        sock.setblocking(True)
+        sock.settimeout(10)
+        while b"\r\n\r\n" not in response:
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+    finally:
+        sock.close()
+    return int(response.split(b" ", 2)[1]), sent
+
+
+def endless(chunk: bytes) -> Iterator[bytes]:
+    while True:
+        yield chunk
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "first", "extra"),
+    [
+        ("/v1/predict", "application/json", b'{"images": ["', ""),
+        (
+            "/v1/predict",
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n',
+            "",
+        ),
+        ("/v1/predict", "application/octet-stream", b"\x00", "X-Tensor-Shape: 1,32,32,3\r\nX-Tensor-Dtype: uint8\r\n"),
+        ("/v2/models/cifar10-airbench/infer", "application/json", b'{"inputs": [', ""),
+    ],
+)
+def test_an_oversized_chunked_upload_is_refused_early(
+    url: str, path: str, content_type: str, first: bytes, extra: str
+) -> None:
+    chunks = (first if i == 0 else b"A" * 16384 for i in range(10**6))
+    status, sent = chunked_upload(url, path, content_type, chunks, budget=256 * LIMIT, extra=extra)
+    # the answer came while the client was still sending, soon after the limit (not after 64 MiB)
+    assert status == 413 and sent < 16 * LIMIT
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_the_body(url: str) -> None:
+    address = urlparse(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: {10 * LIMIT}\r\n\r\n".encode())
+        response = b""
+        while data := sock.recv(65536):  # the server closes the connection after its answer
+            response += data
+    assert response.startswith(b"HTTP/1.1 413") and b"max_request_bytes" in response
+
+
+def test_a_stalled_upload_times_out(url: str) -> None:
+    def stalling() -> Iterator[bytes]:
+        yield b'{"images": ['
+        time.sleep(2)  # longer than request_read_timeout_s
+        yield b"]}"
+
+    started = time.monotonic()
+    status, _ = chunked_upload(url, "/v1/predict", "application/json", stalling(), budget=LIMIT)
+    assert status == 408 and time.monotonic() - started < 5
+
+
+def test_requests_within_the_limit_still_work(url: str) -> None:
+    files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
+    assert httpx.post(f"{url}/v1/predict", files=files, timeout=60).status_code == 200
+
+
+def test_graceful_shutdown_does_not_wait_forever_on_a_slow_upload() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.server_harness import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "tta_server.cli", "serve", "--port", str(port), "--adapter", "norm"]
+    command += ["--graceful-shutdown-s", "1", "--request-read-timeout-s", "600"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(b'Content-Length: 100000\r\n\r\n{"images": [')  # and then nothing more
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            process.wait(timeout=30)
+            assert time.monotonic() - started < 10
+    finally:
+        process.kill()
+        process.wait()
