@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -70,6 +71,7 @@ class Cluster:
             TTA_LEASE_TTL_S=str(LEASE_TTL_S),
             TTA_HANDOVER_WAIT_S="15",
             TTA_DEFAULT_ADAPTER="tent",
+            TTA_DEFAULT_ADAPTER_CONFIG=json.dumps(EXACT),
             TTA_MIN_ADAPT_BATCH=str(BATCH),
             TTA_TORCH_THREADS="1",
             TTA_WORKERS="1",
@@ -167,6 +169,9 @@ def send_round(client: httpx.Client, sent: dict[str, int], answers: list[Answer]
 
 
 SOURCE = []
+# answers are compared bit for bit across processes: the exact path (bf16 kernels are reproducible in
+# a process, not necessarily across processes with other thread splits)
+EXACT = {"precision": "fp32"}
 
 
 def replay_in_process(batches: list[np.ndarray]) -> list[list[int]]:
@@ -174,7 +179,8 @@ def replay_in_process(batches: list[np.ndarray]) -> list[list[int]]:
     if not SOURCE:
         SOURCE.append(create_source_model())
     source = SOURCE[0]
-    stream = OnlineStream(create_adapter("tent", source), BATCH, get_frozen_forward(source), True, 20)
+    adapter = create_adapter("tent", source, EXACT)
+    stream = OnlineStream(adapter, BATCH, get_frozen_forward(source, precision="fp32"), True, 20)
     out = []
     for batch in batches:
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255)
