@@ -5,7 +5,6 @@ replay of the same batches (after a kill: of the batches whose updates survived)
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -22,10 +21,10 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from adapters import create_adapter, create_source_model, get_frozen_forward
 from adapters.online import OnlineStream
+from tests.helpers import files
 from tests.server_harness import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -41,15 +40,6 @@ def images(stream: str, index: int) -> np.ndarray:
     rng = np.random.default_rng([STREAMS.index(stream), index])
     coarse = rng.integers(0, 256, size=(BATCH, 8, 8, 3), dtype=np.uint8)
     return coarse.repeat(4, axis=1).repeat(4, axis=2)
-
-
-def pngs(batch: np.ndarray) -> list[tuple[str, tuple[str, bytes, str]]]:
-    files = []
-    for i, image in enumerate(batch):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, "PNG")
-        files.append(("files", (f"{i}.png", buffer.getvalue(), "image/png")))
-    return files
 
 
 @dataclass
@@ -160,7 +150,7 @@ class Answer:
 def send_round(client: httpx.Client, sent: dict[str, int], answers: list[Answer], only: set[str] | None = None) -> None:
     for stream in STREAMS if only is None else sorted(only):
         index = sent[stream]
-        response = client.post("/v1/predict", files=pngs(images(stream, index)), headers={"X-Stream-Id": stream})
+        response = client.post("/v1/predict", files=files(images(stream, index)), headers={"X-Stream-Id": stream})
         assert response.status_code == 200, response.text
         body = response.json()
         classes = [p["class_index"] for p in body["predictions"]]
