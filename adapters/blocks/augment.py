@@ -45,12 +45,15 @@ class AugmentConfig(BaseModel):
     rotation_degrees: float = Field(15.0, description="largest rotation either way")
     translate_fraction: float = Field(1 / 16, description="largest shift, as a fraction of the padded side")
     scale: tuple[float, float] = Field((0.9, 1.1), description="zoom factor range")
-    blur_kernel: int = Field(5, ge=1, description="Gaussian blur kernel side (odd)")
+    blur_kernel: int = Field(5, ge=1, le=31, description="Gaussian blur kernel side (odd)")
     blur_sigma: tuple[float, float] = Field((0.001, 0.5), description="Gaussian blur sigma range")
     flip_p: float = Field(0.5, ge=0, le=1, description="horizontal flip probability")
     noise_std: float = Field(0.005, ge=0, description="std of the additive Gaussian noise")
     views_per_pass: int = Field(
-        8, ge=1, description="views built in one batched pass (memory grows with it; the views do not depend on it)"
+        8,
+        ge=1,
+        le=32,
+        description="views built in one batched pass (memory grows with it; the views do not depend on it)",
     )
 
     @field_validator("blur_kernel")

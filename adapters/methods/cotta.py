@@ -35,7 +35,9 @@ class CottaConfig(AdapterConfig):
     gate_threshold: float = Field(
         0.92, ge=0.0, le=1.0, description="AP: augment when the batch-mean anchor confidence is below it"
     )
-    n_augmentations: int = Field(32, ge=1, description="augmented teacher views averaged when the gate fires")
+    n_augmentations: int = Field(
+        32, ge=1, le=128, description="augmented teacher views averaged when the gate fires (the papers: 32)"
+    )
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce (1/2, 1/2) for ImageNet")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

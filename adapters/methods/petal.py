@@ -42,7 +42,9 @@ class PetalConfig(AdapterConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
     ema_alpha: float = Field(0.999, ge=0.0, le=1.0, description="teacher EMA momentum")
     gate_threshold: float = Field(0.92, ge=0.0, le=1.0, description="AP of the anchor-confidence gate")
-    n_augmentations: int = Field(32, ge=1, description="augmented teacher views averaged when the gate fires")
+    n_augmentations: int = Field(
+        32, ge=1, le=128, description="augmented teacher views averaged when the gate fires (the papers: 32)"
+    )
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce for ImageNet")
     prior_weight: float = Field(1e-9, ge=0, description="spw: weight of the Gaussian SWAG prior")
     restore: Literal["fim", "sres"] = Field("fim", description="PETAL-FIM (Fisher quantile) or PETAL-SRes")

@@ -46,7 +46,7 @@ class RmtConfig(AdapterConfig):
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(name="adam", lr=1e-3))
     ema_alpha: float = Field(0.999, ge=0.0, le=1.0, description="teacher EMA momentum")
     temperature: float = Field(0.1, gt=0, description="contrastive temperature (base temperature equal)")
-    projection_dim: int = Field(128, ge=1)
+    projection_dim: int = Field(128, ge=1, le=4096, description="output size of the contrastive projection head")
     lambda_st: float = Field(1.0, ge=0, description="weight of the symmetric-CE self-training loss")
     lambda_cont: float = Field(1.0, ge=0, description="weight of the prototype contrastive loss")
     lambda_src: float = Field(

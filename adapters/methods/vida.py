@@ -45,15 +45,17 @@ class VidaConfig(AdapterConfig):
     ema_alpha: float = Field(0.999, ge=0.0, le=1.0, description="teacher EMA momentum (backbone, if trained)")
     ema_alpha_adapters: float = Field(0.999, ge=0.0, le=1.0, description="teacher EMA momentum of the adapters")
     layers: tuple[str, ...] = Field(DEFAULT_LAYERS, description="names of the Conv2d/Linear layers to inject into")
-    low_rank: int = Field(1, ge=1)
-    high_rank_factor: float = Field(2.0, gt=1.0, description="high-rank width = factor x the layer's output width")
+    low_rank: int = Field(1, ge=1, le=64, description="rank of the low-rank adapter branch")
+    high_rank_factor: float = Field(
+        2.0, gt=1.0, le=16.0, description="high-rank width = factor x the layer's output width"
+    )
     train: Literal["adapters", "all"] = Field("adapters", description="adapters only (the paper) or the backbone too")
     uncertainty: Literal["mc_dropout", "augmentation"] = Field(
         "mc_dropout",
         description="mc_dropout: per-image MC-dropout spread (the paper); augmentation: batch variance of "
         "augmented teacher logits (the official code)",
     )
-    n_passes: int = Field(10, ge=2, description="dropout passes or augmented views for the uncertainty")
+    n_passes: int = Field(10, ge=2, le=64, description="dropout passes or augmented views for the uncertainty")
     dropout_p: float = Field(0.1, gt=0.0, lt=1.0, description="MC-dropout rate on the classifier input")
     threshold: float = Field(0.05, ge=0.0, description="Theta: uncertainty above it favours the high-rank branch")
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce for ImageNet")
@@ -213,8 +215,15 @@ class VidaAdapter(RoleStateAdapter):
         for layer in self.teacher_layers:  # measured with both branches at weight 1
             layer.scale_low = layer.scale_high = 1.0
         if config.uncertainty == "augmentation":
-            augmented = cotta_views(x, self.generator, config.n_passes, config.augment)
-            views = torch.stack([self.teacher(view).float() for view in augmented])
+            per_pass = config.augment.views_per_pass  # bounds the memory of one batched pass
+            chunks = [min(per_pass, config.n_passes - start) for start in range(0, config.n_passes, per_pass)]
+            views = torch.stack(
+                [
+                    self.teacher(view).float()
+                    for n in chunks
+                    for view in cotta_views(x, self.generator, n, config.augment)
+                ]
+            )
             return 0.1 * views.var(dim=0).mean()  # one scalar for the batch
         teacher = self.teacher
         assert isinstance(teacher, NormalizedModel)

@@ -29,8 +29,9 @@ from benchmarks.reporting.results import write_result
 INT8_CALIBRATION_IMAGES = 1000
 
 
-def quantize_int8(source: SourceModel, data: Path, out: Path) -> Path:
-    """A static int8 ONNX model of ``source``, calibrated on its held-out training images."""
+def quantize_int8(source: SourceModel, data: Path) -> Path:
+    """A static int8 ONNX model of ``source``, calibrated on its held-out training images; written
+    beside the fp32 export in the ONNX cache (named by the weights hash), not among the results."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -47,9 +48,10 @@ def quantize_int8(source: SourceModel, data: Path, out: Path) -> Path:
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
-    out.mkdir(parents=True, exist_ok=True)
-    prepared, quantized = out / "prepared.onnx", out / "int8.onnx"
-    quant_pre_process(str(export_onnx(source)), str(prepared))
+    exported = export_onnx(source)
+    prepared = exported.with_name(f"{exported.stem}-prepared.onnx")
+    quantized = exported.with_name(f"{exported.stem}-int8-holdout{INT8_CALIBRATION_IMAGES}.onnx")
+    quant_pre_process(str(exported), str(prepared))
     quantize_static(
         str(prepared),
         str(quantized),
@@ -81,7 +83,7 @@ def run_frozen_forward(
     if data is not None:
         from benchmarks.data.cifar10 import load_cifar10
 
-        engines["onnxruntime int8"] = OnnxFrozenForward(quantize_int8(source, data, out_dir / "int8-model"))
+        engines["onnxruntime int8"] = OnnxFrozenForward(quantize_int8(source, data))
         test = load_cifar10(data, "test")
         images = torch.from_numpy(test.images).permute(0, 3, 1, 2).float().div(255)
         labels = torch.from_numpy(test.labels).long()

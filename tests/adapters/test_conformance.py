@@ -201,3 +201,25 @@ def test_adapting_works_inside_no_grad_and_inference_mode(name: str, context: st
     with getattr(torch, context)():
         got = [wrapped.forward_and_adapt(x.clone()) for x in batches]
     assert wrapped.steps == 2 and all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [
+        ("cotta", {"n_augmentations": 10**6}),
+        ("cotta", {"augment": {"views_per_pass": 10**6}}),
+        ("petal", {"augment": {"blur_kernel": 10001}}),
+        ("cotta", {"augment": {"blur_kernel": 4}}),
+        ("vida", {"n_passes": 10**6}),
+        ("vida", {"low_rank": 10**6}),
+        ("vida", {"high_rank_factor": 1e6}),
+        ("rmt", {"projection_dim": 10**9}),
+    ],
+)
+def test_configs_that_would_exhaust_memory_are_refused(name: str, config: dict[str, object]) -> None:
+    """A client's config sizes views, passes and layers: each is bounded, so a stream cannot ask
+    for gigabytes of views in one pass or a billion-wide layer."""
+    from adapters import AdapterError, get_adapter_class
+
+    with pytest.raises(AdapterError, match="invalid config"):
+        get_adapter_class(name).parse_config(config)
