@@ -12,7 +12,9 @@ Policies: ``reset`` (back to the source), ``rollback`` (to the last state whose 
 trigger; the source if there is none yet), ``pause`` (predict without adapting for
 ``pause_steps`` steps) or ``fallback`` (answer with the frozen source model and stop adapting
 while the triggers fire: the adapter keeps predicting in the shadow, its signals are still
-windowed, and the first window that fires nothing resumes adaptation; for data where the method
+windowed, and ``resume_after_windows`` consecutive windows that fire nothing resume adaptation
+(more than one: a stream that is label-correlated on the whole but has a quiet window now and
+then stays on the source); for data where the method
 itself is worse than no adaptation, e.g. test-batch statistics on label-correlated batches,
 which no reset can fix). The periodic trigger always resets. After an action the window in progress
 is discarded, so the next decision looks only at images seen after it. Every decision is counted
@@ -78,6 +80,9 @@ class GuardConfig(BaseModel):
     non_finite: bool = Field(False, description="a diverged (non-finite, undone) step triggers the policy")
     reset_every_steps: int | None = Field(None, ge=1, description="reset after this many adaptation steps")
     pause_steps: int = Field(100, ge=1, description="steps without adaptation under the pause policy")
+    resume_after_windows: int = Field(
+        1, ge=1, le=64, description="fallback policy: consecutive windows firing nothing before adaptation resumes"
+    )
     keep_decisions: int = Field(32, ge=1, le=1024, description="decision records kept")
 
     @field_validator("max_drop")
@@ -92,6 +97,11 @@ class GuardConfig(BaseModel):
     @property
     def active(self) -> bool:
         return bool(self.thresholds or self.max_drop or self.reset_every_steps or self.non_finite)
+
+    @property
+    def reads_signals(self) -> bool:
+        """Whether a decision needs the source-compared signals (a periodic reset only counts steps)."""
+        return bool(self.thresholds or self.max_drop or self.policy == "fallback")
 
 
 class Decision(NamedTuple):
@@ -122,6 +132,7 @@ class Guard:
         self.paused_steps_left = 0
         self.falling_back = False  # the fallback policy: answering with the source for now
         self.windows_since_action = 0
+        self.quiet_windows = 0  # consecutive windows that fired nothing while falling back
         self.images = 0  # images the stream has seen (decision records say when)
         self.good: dict[str, Any] | None = None  # the adapter's last good state (rollback only)
 
@@ -131,7 +142,8 @@ class Guard:
         self.windows_since_action += 1
         fired = self._triggered(closed)
         if self.falling_back:
-            return Decision("recovered", "resume") if fired is None else None
+            self.quiet_windows = 0 if fired is not None else self.quiet_windows + 1
+            return Decision("recovered", "resume") if self.quiet_windows >= self.config.resume_after_windows else None
         return fired
 
     def _triggered(self, closed: Tensor) -> Decision | None:
@@ -186,7 +198,7 @@ class Guard:
         row += [math.nan if v is None else v for v in (decision.value, decision.limit)]
         self.records = torch.cat([self.records, torch.tensor([row], dtype=torch.float64)])
         self.records = self.records[-self.config.keep_decisions :]
-        self.windows_since_action = 0
+        self.windows_since_action = self.quiet_windows = 0
         if decision.action == "pause":
             self.paused_steps_left = self.config.pause_steps
         self.falling_back = decision.action == "fallback" or (self.falling_back and decision.action != "resume")
@@ -222,6 +234,7 @@ class Guard:
 
     def state_tensors(self) -> dict[str, Tensor]:
         meta = [self.paused_steps_left, self.windows_since_action, self.images, int(self.falling_back)]
+        meta.append(self.quiet_windows)
         tensors_meta = torch.tensor(meta, dtype=torch.int64)
         tensors = {f"{PREFIX}counts": self.counts.clone(), f"{PREFIX}records": self.records.clone()}
         tensors[f"{PREFIX}meta"] = tensors_meta
@@ -241,14 +254,15 @@ class Guard:
         counts, records, meta = (mine.pop(f"{PREFIX}{k}", None) for k in ("counts", "records", "meta"))
         if counts is None or counts.shape != (len(REASONS),) or records is None or meta is None:
             raise ValueError("guard state is malformed (counts, records or meta missing or misshapen)")
-        if records.dim() != 2 or records.shape[1] != _ROW or meta.shape != (4,):
+        if records.dim() != 2 or records.shape[1] != _ROW or meta.shape not in ((4,), (5,)):
             raise ValueError(f"guard records have shape {tuple(records.shape)}, expected (K, {_ROW})")
         generator, steps = mine.pop(f"{PREFIX}good_generator", None), mine.pop(f"{PREFIX}good_steps", None)
         good_tensors = {k[len(GOOD_PREFIX) :]: v for k, v in mine.items() if k.startswith(GOOD_PREFIX)}
         if len(good_tensors) != len(mine) or (good_tensors and (generator is None or steps is None)):
             raise ValueError(f"guard state has unexpected tensors {sorted(set(mine) - set(good_tensors))[:3]}")
         self.counts, self.records = counts.long().clone(), records.double().clone()
-        self.paused_steps_left, self.windows_since_action, self.images, falling_back = (int(v) for v in meta.tolist())
+        values = [int(v) for v in meta.tolist()] + [0]  # a 4-value meta predates quiet_windows
+        self.paused_steps_left, self.windows_since_action, self.images, falling_back, self.quiet_windows = values[:5]
         self.falling_back = bool(falling_back)
         self.good = (
             {"tensors": good_tensors, "generator": generator, "steps": int(steps.item())}

@@ -137,7 +137,9 @@ class OnlineStream:
         if captured is not None and self.prototypes is not None and captured[0].shape[1] == self.prototypes.shape[1]:
             features, feature_logits = captured
             adapted["prototype_distance"] = prototype_distance(features, feature_logits.argmax(1), self.prototypes)
-        closed = self.signals.add(step_sums(logits, source_logits, self.atc_threshold, shift, adapted))
+        sums = step_sums(logits, source_logits, self.atc_threshold, shift, adapted)
+        marginal = None if source_logits is None else source_logits.float().softmax(1).sum(0)
+        closed = self.signals.add(sums, marginal)
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
         self._after_step(batch.shape[0], closed)
         return answer.cpu()
@@ -215,7 +217,7 @@ class OnlineStream:
         self.recent, self.pending = self.recent[:0], self.pending[:0]
         self.signals.reset()
         self.guard.paused_steps_left, self.guard.windows_since_action, self.guard.good = 0, 0, None
-        self.guard.falling_back = False
+        self.guard.falling_back, self.guard.quiet_windows = False, 0
 
     def state_bytes(self) -> int:
         """The adapter's per-stream tensors, the buffered images and the guard's last good state."""

@@ -67,6 +67,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
     ], "share of the most predicted class, and entropy of the mean prediction (1: uniform)"),
     ("Input drift (BatchNorm statistics shift)", "short", [(mean_of("tta_batch_bn_shift_nats"), "{{adapter}}")],
      "batch statistics against the source model's BatchNorm statistics (Gaussian KL, nats): 0 on source-like data"),
+    ("Label-correlated batches (label dependence)", "short", [
+        (mean_of("tta_window_label_dependence_nats"), "{{adapter}}"),
+    ], "per signal window: information between step and source-predicted class (nats); about 0 for i.i.d. traffic, "
+       "high when batches hold few classes at a time, where test-batch statistics hurt"),
     ("Guard actions", "ops", [
         (f"sum by (reason, action) (rate(tta_guard_actions_total{{{ADAPTER}}}[{RATE}]))", "{{action}} ({{reason}})"),
     ], "the collapse guard resetting, rolling back or pausing streams, by trigger"),

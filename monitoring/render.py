@@ -77,6 +77,7 @@ def main() -> None:
             min_adapt_batch=16,
             snapshot_dir=Path(tmp) / "snapshots",
             guard={"reset_every_steps": 20},
+            signal_window_steps=5,
         )
         with running_server(settings) as server, running_prometheus(server.removeprefix("http://")) as prometheus:
             start = time.time()

@@ -39,6 +39,7 @@ DISTANCE_SIGNALS = {
     "class prototypes",
 }
 DISTANCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
+DEPENDENCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 1.5, 2)
 BN_SHIFT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # counters the stream manager keeps, exported under these names
@@ -121,6 +122,14 @@ class ServerMetrics:
             buckets=BN_SHIFT_BUCKETS,
             registry=self.registry,
         )
+        self.window_label_dependence = Histogram(
+            "tta_window_label_dependence_nats",
+            "each closed signal window's mutual information between step and source-predicted class "
+            "(bias-corrected; about 0 for i.i.d. batches, high for label-correlated ones), across streams",
+            ["adapter"],
+            buckets=DEPENDENCE_BUCKETS,  # non-negative: a histogram with negative buckets exports no _sum
+            registry=self.registry,
+        )
         self.guard_actions = Counter(
             "tta_guard_actions",
             "collapse-guard actions by adapter, reason (threshold, trend, non_finite, periodic) and action",
@@ -158,6 +167,8 @@ class ServerMetrics:
                 histogram.labels(adapter).observe(signals[name])
         if "bn_shift" in signals:
             self.batch_bn_shift.labels(adapter).observe(signals["bn_shift"])
+        if "label_dependence" in signals:  # only steps that closed a window have it
+            self.window_label_dependence.labels(adapter).observe(signals["label_dependence"])
 
 
 class _StateCollector(Collector):

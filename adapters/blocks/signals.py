@@ -11,7 +11,8 @@ The BatchNorm-statistics shift says how far the input has drifted from the sourc
 relative distance of the adapted parameters from the source's, the distance of its class-conditional
 feature means from the source prototypes (:mod:`adapters.blocks.prototypes`) and (for
 teacher-student methods) the student's agreement with its teacher, how far the model itself has
-moved.
+moved. The label dependence of a window (:func:`label_dependence`) says whether its batches are
+label-correlated, which makes test-batch statistics biased whatever the model's state.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ FIELDS = (
     "teacher_agreement_sum",
     "proto_steps",  # steps whose adapted features were compared with the source prototypes
     "proto_distance_sum",
+    "source_marginal_entropy_sum",  # per step: images x entropy of the batch-mean source prediction
+    "dependence_windows",  # closed windows whose label dependence was measured (set when a window closes)
+    "dependence_sum",
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -61,8 +65,9 @@ RATIOS = {
     "prototype_distance": ("proto_distance_sum", "proto_steps"),
 }
 # every signal a window reports: the ratios, plus the adapted minus the source ATC estimate
-# (negative: by its own confidence calibration, adaptation made the model worse than the source)
-SIGNALS: tuple[str, ...] = (*RATIOS, "atc_gap")
+# (negative: by its own confidence calibration, adaptation made the model worse than the source),
+# and the label dependence of closed windows (appended: guard records store a signal's index)
+SIGNALS: tuple[str, ...] = (*RATIOS, "atc_gap", "label_dependence")
 
 
 def _entropy(probs: Tensor) -> Tensor:
@@ -99,6 +104,7 @@ def step_sums(
             confident = source_probs.amax(1) >= atc_threshold
             out[10] = float(confident.sum())
             out[13] = float((confident & (source_probs.argmax(1) == predicted)).sum())
+        out[20] = n * float(_entropy(source_probs.mean(0)))
     if bn_shift is not None:
         out[11], out[12] = 1, bn_shift
     adapted = adapted or {}
@@ -127,4 +133,25 @@ def ratios(sums: Tensor) -> dict[str, float]:
             out[name] = float(sums[index[top]]) / denominator
     if "atc_accuracy" in out:
         out["atc_gap"] = out["atc_accuracy"] - out["atc_accuracy_source"]
+    if float(sums[index["dependence_windows"]]) > 0:
+        out["label_dependence"] = float(sums[index["dependence_sum"]]) / float(sums[index["dependence_windows"]])
     return out
+
+
+def label_dependence(source_marginal: Tensor, window: Tensor) -> float | None:
+    """Mutual information (nats) between the step and the source model's predicted class within a
+    closed window: ``source_marginal`` is the sum of the window's source probabilities (classes,),
+    ``window`` its :data:`FIELDS` sums. About 0 when the batches are drawn alike (i.i.d. images);
+    large when each batch holds a few classes that change from batch to batch (label-correlated
+    streams, where test-batch statistics mix class with domain). The plug-in estimate is biased
+    upwards by about (classes - 1)(steps - 1) / (2 images) (Miller-Madow), which is subtracted, so
+    the i.i.d. floor stays near 0 whatever the batch size (an estimate below 0, no evidence of
+    dependence, is reported as 0); None when the window has no source predictions or a single step."""
+    index = {name: i for i, name in enumerate(FIELDS)}
+    images, steps = float(window[index["source_images"]]), float(window[index["steps"]])
+    if images <= 0 or steps < 2:
+        return None
+    pooled = source_marginal.double() / images
+    within = float(window[index["source_marginal_entropy_sum"]]) / images
+    bias = (source_marginal.numel() - 1) * (steps - 1) / (2 * images)
+    return max(0.0, float(_entropy(pooled)) - within - bias)

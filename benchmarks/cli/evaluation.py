@@ -36,6 +36,11 @@ def register(commands: Any) -> None:
     long.add_argument("--reset-every-steps", type=int, default=1000, help="periodic reset")
     long.add_argument("--window-steps", type=int, default=5, help="signal window")
     long.add_argument("--guard", type=json.loads, default=None, help="guard JSON (None: long_streams.GUARD)")
+    long.add_argument(
+        "--variants",
+        default="no guard,guard,periodic reset",
+        help="comma-separated; finished runs are saved under OUT/runs/ and reused by a later call",
+    )
     add_model(long)
     add_out(long, "long-streams")
     long.set_defaults(run=run_long_streams)
@@ -85,8 +90,12 @@ def run_signals(args: argparse.Namespace) -> None:
 
 def run_long_streams(args: argparse.Namespace) -> None:
     from adapters import create_source_model
+    from benchmarks.evaluation.long_streams import VARIANTS
     from benchmarks.evaluation.long_streams import run_long_streams as run
 
+    variants = args.variants.split(",")
+    if unknown := sorted(set(variants) - set(VARIANTS)):
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     run(
         create_source_model(args.model),
         args.data,
@@ -98,6 +107,7 @@ def run_long_streams(args: argparse.Namespace) -> None:
         args.window_steps,
         args.guard,
         args.out,
+        variants=variants,
     )
     print((args.out / "long_streams.md").read_text())
     wrote(args.out, "long_streams.json", "long_streams.md", "long_streams_*.png")

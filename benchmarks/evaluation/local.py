@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from adapters import SourceModel, create_adapter, get_frozen_forward
+from adapters.guard import GuardConfig
 from adapters.online import OnlineStream
 
 
@@ -26,7 +27,10 @@ class LocalStream:
         config = {"seed": replay_config.seed, **replay_config.adapter_config}
         self.adapter = create_adapter(replay_config.adapter, source, config)
         # the server's small-request policy, guard and signals, so both answer alike
-        signals = replay_config.source_signals or replay_config.guard is not None
+        # a guard that only resets periodically needs no source forward (half a Tent step's time)
+        guard = replay_config.guard
+        reads = guard is not None and GuardConfig.model_validate(guard).reads_signals
+        signals = replay_config.source_signals or reads
         frozen = get_frozen_forward(source) if replay_config.min_adapt_batch > 1 or signals else None
         self.online = OnlineStream(
             self.adapter,

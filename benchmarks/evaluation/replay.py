@@ -47,7 +47,8 @@ class ReplayConfig(BaseModel):
         1, ge=1, description="as the server's setting: smaller batches are predicted with context and buffered"
     )
     guard: dict[str, Any] | None = Field(
-        None, description="the stream's collapse guard (adapters.guard.GuardConfig); turns source_signals on"
+        None,
+        description="the stream's collapse guard (adapters.guard.GuardConfig); source_signals where it reads them",
     )
     window_steps: int = Field(20, ge=1, description="steps per signal window (the server's signal_window_steps)")
     seed: int = 0

@@ -203,3 +203,32 @@ def test_guard_configs_are_validated() -> None:
         GuardConfig.model_validate({"max_drop": {"atc_accuracy": -0.1}})
     with pytest.raises(ValidationError):
         GuardConfig.model_validate({"policy": "explode"})
+
+
+def test_fallback_resumes_only_after_resume_after_windows_quiet_windows(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {"policy": "fallback", "resume_after_windows": 2, "thresholds": [{"signal": "bn_shift", "above": limit}]}
+    stream = guarded(tiny_source, guard)
+    stream.step(flat_images(8))
+    assert stream.guard.falling_back
+    stream.step(image_batch(8, seed=1))  # one quiet window is not enough
+    assert stream.guard.falling_back and stream.last_decision is None
+    stream.step(flat_images(8))  # a firing window starts the count again
+    stream.step(image_batch(8, seed=2))
+    assert stream.guard.falling_back
+    tensors, metadata = encode_state(stream.state_dict())  # the count travels with the state
+    resumed = guarded(tiny_source, guard)
+    resumed.load_state_dict(decode_state(tensors, metadata))
+    resumed.step(image_batch(8, seed=3))  # the second quiet window in a row
+    assert not resumed.guard.falling_back and resumed.last_decision is not None
+    assert resumed.last_decision.action == "resume"
+
+
+def test_a_guard_state_from_before_the_quiet_window_count_still_loads(tiny_source: SourceModel) -> None:
+    stream = guarded(tiny_source, {"policy": "fallback", "thresholds": [ALWAYS]})
+    stream.step(image_batch(8, seed=1))
+    state = stream.state_dict()
+    state["tensors"]["guard.meta"] = state["tensors"]["guard.meta"][:4]  # the older four-value layout
+    resumed = guarded(tiny_source, {"policy": "fallback", "thresholds": [ALWAYS]})
+    resumed.load_state_dict(state)
+    assert resumed.guard.falling_back and resumed.guard.quiet_windows == 0

@@ -9,7 +9,7 @@ import httpx
 import torch
 
 from adapters import SourceModel, create_adapter, get_frozen_forward
-from adapters.blocks.signals import FIELDS, ratios, step_sums
+from adapters.blocks.signals import FIELDS, label_dependence, ratios, step_sums
 from adapters.online import OnlineStream
 from adapters.signal_windows import SignalWindows
 from tests.conftest import image_batch
@@ -128,3 +128,47 @@ def test_prototype_distance_grows_with_the_shift_on_real_images(
     cotta = create_adapter("cotta", bundled_source)
     cotta.forward_and_adapt(clean_x[:16])
     assert cotta.captured_features() is not None and cotta.captured_features() is None  # taken once
+
+
+def _window_of(batches: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed source probabilities and FIELDS sums of a window of source-logit batches."""
+    sums = sum((step_sums(b, b) for b in batches), torch.zeros(len(FIELDS), dtype=torch.float64))
+    return torch.stack([b.softmax(1).sum(0) for b in batches]).sum(0), sums
+
+
+def test_label_dependence_is_near_zero_for_iid_batches_and_large_for_label_correlated_ones() -> None:
+    generator = torch.Generator().manual_seed(0)
+    classes = 10
+
+    def confident(labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(labels, classes).float() * 6 + torch.randn(
+            len(labels), classes, generator=generator
+        )
+
+    for batch in (8, 64):  # the bias correction keeps the i.i.d. floor near 0 whatever the batch size
+        iid = [confident(torch.randint(0, classes, (batch,), generator=generator)) for _ in range(20)]
+        assert abs(label_dependence(*_window_of(iid)) or 0) < 0.1
+    one_class_each = [confident(torch.full((64,), step % classes)) for step in range(5)]
+    assert (label_dependence(*_window_of(one_class_each)) or 0) > 1.0
+    # a collapsed source (every batch predicted as one class) is not label correlation
+    collapsed = [confident(torch.zeros(64, dtype=torch.long)) for _ in range(5)]
+    assert abs(label_dependence(*_window_of(collapsed)) or 0) < 0.1
+    assert label_dependence(*_window_of(iid[:1])) is None  # one step: nothing to compare
+
+
+def test_a_closed_window_carries_its_label_dependence_and_the_marginal_travels_with_the_state(
+    tiny_source: SourceModel,
+) -> None:
+    frozen = get_frozen_forward(tiny_source, "torch")
+    original = OnlineStream(create_adapter("tent", tiny_source), 1, frozen, window_steps=3)
+    for seed in range(4):  # one window closed, one step into the next
+        original.step(image_batch(8, seed))
+    report = original.signals.report()
+    assert "label_dependence" in report["windows"][0] and "label_dependence" not in report["current_window"]
+    resumed = OnlineStream(create_adapter("tent", tiny_source), 1, frozen, window_steps=3)
+    resumed.load_state_dict(original.state_dict())
+    for seed in (4, 5):
+        original.step(image_batch(8, seed))
+        resumed.step(image_batch(8, seed))
+    assert resumed.signals.report() == original.signals.report()
+    assert "label_dependence" in original.signals.report()["last_step"]  # the closing step reports it

@@ -62,7 +62,9 @@ def test_signals_benchmark_writes_its_table_and_picture(small_cifar10c: Path, tm
     assert (tmp_path / "signals_vs_truth.png").stat().st_size > 10_000
 
 
-def test_long_streams_compare_variants_per_visit(small_cifar10c: Path, tmp_path: Path) -> None:
+def test_long_streams_compare_variants_per_visit(
+    small_cifar10c: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     report = run_long_streams(
         make_tiny_source(),
         small_cifar10c,
@@ -88,6 +90,54 @@ def test_long_streams_compare_variants_per_visit(small_cifar10c: Path, tmp_path:
     saved = json.loads((tmp_path / "long_streams.json").read_text())
     assert saved["streams"]["recurring"][1]["mean_error"] == recurring[1]["mean_error"]
     assert "## dirichlet" in (tmp_path / "long_streams.md").read_text()
+    # a second call reuses every saved run: nothing is replayed again, and the report is the same
+    import benchmarks.evaluation.long_streams as module
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a saved run was replayed again")
+
+    monkeypatch.setattr(module, "replay_dataset", refuse)
+    again = run_long_streams(
+        make_tiny_source(),
+        small_cifar10c,
+        ["tent"],
+        visits=2,
+        n_per_visit=16,
+        reset_every_steps=3,
+        window_steps=2,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert again["streams"] == report["streams"]
+
+
+def test_long_streams_run_only_the_variants_asked_and_refuse_unknown_ones(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_long_streams(
+        make_tiny_source(),
+        small_cifar10c,
+        ["norm"],
+        visits=1,
+        n_per_visit=16,
+        variants=["periodic reset"],
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert [r["variant"] for r in report["streams"]["recurring"]] == ["source", "periodic reset"]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir())[0] == "dirichlet-norm-periodic-reset.json"
+    with pytest.raises(ValueError, match="unknown variants"):
+        run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], variants=["sometimes"])
+
+
+def test_a_periodic_only_guard_replays_without_the_source_forward() -> None:
+    from benchmarks.evaluation.local import LocalStream
+    from benchmarks.evaluation.replay import ReplayConfig
+
+    source = make_tiny_source()
+    periodic = LocalStream(source, ReplayConfig(adapter="tent", guard={"reset_every_steps": 3}))
+    assert not periodic.online.source_signals and periodic.online.frozen is None
+    thresholds = {"thresholds": [{"signal": "atc_gap", "below": 0}]}
+    assert LocalStream(source, ReplayConfig(adapter="tent", guard=thresholds)).online.source_signals
+    assert LocalStream(source, ReplayConfig(adapter="tent", guard={"policy": "fallback"})).online.frozen is not None
 
 
 def test_series_averages_domains_per_visit() -> None:

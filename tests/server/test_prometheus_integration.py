@@ -36,7 +36,11 @@ def test_the_committed_dashboard_is_the_generated_one() -> None:
 def test_dashboard_and_alert_queries_return_data_from_a_real_prometheus(shared_cifar10: Path, tmp_path: Path) -> None:
     data = build_small_cifar10c(shared_cifar10, tmp_path / "c10c", n=32)
     settings = Settings(
-        default_adapter="tent", min_adapt_batch=8, snapshot_dir=tmp_path / "snapshots", memory_budget_bytes=10**9
+        default_adapter="tent",
+        min_adapt_batch=8,
+        snapshot_dir=tmp_path / "snapshots",
+        memory_budget_bytes=10**9,
+        signal_window_steps=2,  # windows close within the short replay (the label-dependence panel)
     )
     with running_server(settings) as server, prom.running_prometheus(server.removeprefix("http://")) as url:
         start = time.time()
