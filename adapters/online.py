@@ -28,15 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adapters.artefacts import ArtefactStore
 from adapters.base import Adapter
 from adapters.blocks.bn_shift import batchnorm_probe
-from adapters.blocks.prototypes import prototype_distance
 from adapters.blocks.signals import step_sums
 from adapters.errors import AdapterError
 from adapters.guard import Decision, Guard, GuardConfig
+from adapters.model_signals import atc_threshold_of, model_signals
 from adapters.signal_windows import SignalWindows
-from adapters.source_model import SourceModel
 
 BUFFER_PREFIX = "buffer."
 
@@ -58,6 +56,7 @@ class OnlineStream:
         source_signals: bool = True,
         window_steps: int = 20,
         guard: GuardConfig | dict[str, Any] | None = None,
+        dropout_estimate: bool = False,
     ):
         if min_adapt_batch < 1:
             raise ValueError(f"min_adapt_batch must be >= 1, got {min_adapt_batch}")
@@ -75,7 +74,7 @@ class OnlineStream:
         # the source forward of the signals also measures the BatchNorm-statistics shift
         self.probe = batchnorm_probe(adapter.source) if self.source_signals else None
         self.atc_threshold = atc_threshold_of(adapter.source)
-        self.prototypes = prototypes_of(adapter.source)
+        self.dropout_estimate = dropout_estimate  # AETTA-style estimate: 10 extra classifier passes per step
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
         self.last_bn_shift: list[float] = []  # per BatchNorm layer, for the last step
         self.guard = Guard(guard)
@@ -126,17 +125,7 @@ class OnlineStream:
             source_logits, shift = self._source_forward(batch)
         # falling back, the source answers; the adapter's own (shadow) prediction feeds the signals
         answer = source_logits if falling_back and source_logits is not None else logits
-        adapted: dict[str, float] = {}
-        if self.adapter.steps > steps_before:  # an update happened: the model itself moved
-            distance = self.adapter.parameter_distance()
-            if distance is not None:
-                adapted["parameter_distance"] = distance
-            if "teacher_agreement" in (diagnostics := self.adapter.diagnostics()):
-                adapted["teacher_agreement"] = diagnostics["teacher_agreement"]
-        captured = self.adapter.captured_features()
-        if captured is not None and self.prototypes is not None and captured[0].shape[1] == self.prototypes.shape[1]:
-            features, feature_logits = captured
-            adapted["prototype_distance"] = prototype_distance(features, feature_logits.argmax(1), self.prototypes)
+        adapted = model_signals(self.adapter, self.adapter.steps > steps_before, self.dropout_estimate)
         sums = step_sums(logits, source_logits, self.atc_threshold, shift, adapted)
         marginal = None if source_logits is None else source_logits.float().softmax(1).sum(0)
         closed = self.signals.add(sums, marginal)
@@ -273,24 +262,3 @@ class OnlineStream:
             buffers[key] = value.to(self.device, torch.float32)
         self.adapter.load_state_dict({**state, "tensors": tensors})
         self.recent, self.pending, self.signals = buffers["recent"], buffers["pending"], signals
-
-
-def prototypes_of(source: SourceModel) -> Tensor | None:
-    """The source's class prototypes (its ``rmt_prototypes`` artefact), read once per model."""
-    if "prototypes" not in source.cache:
-        store = ArtefactStore(source)
-        has = store.has("rmt_prototypes")
-        source.cache["prototypes"] = store.load("rmt_prototypes")["prototypes"].float() if has else None
-    value: Tensor | None = source.cache["prototypes"]
-    return value
-
-
-def atc_threshold_of(source: SourceModel) -> float | None:
-    """The source's ATC confidence threshold (its ``atc_threshold`` artefact), read once per model."""
-    if "atc_threshold" not in source.cache:
-        store = ArtefactStore(source)
-        source.cache["atc_threshold"] = (
-            float(store.load("atc_threshold")["threshold"]) if store.has("atc_threshold") else None
-        )
-    value: float | None = source.cache["atc_threshold"]
-    return value

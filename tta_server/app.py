@@ -59,6 +59,7 @@ def build_services(settings: Settings) -> Services:
         auto_create=settings.auto_create_streams,
         source_signals=settings.source_signals,
         signal_window_steps=settings.signal_window_steps,
+        dropout_estimate=settings.dropout_estimate,
         guard=settings.guard,
         handover_wait_s=settings.handover_wait_s,
     )

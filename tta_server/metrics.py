@@ -31,6 +31,7 @@ RATIO_SIGNALS = {
     "majority_share": "share of each step's batch predicted as its most frequent class (collapse)",
     "marginal_entropy": "entropy of each step's mean prediction over log(classes) (1: uniform, 0: one class)",
     "teacher_agreement": "share of each update's student predictions that agree with its teacher",
+    "dropout_accuracy": "dropout-disagreement (AETTA-style) accuracy estimate of each step (dropout_estimate on)",
 }
 # relative distances of the model from the source: name -> help
 DISTANCE_SIGNALS = {

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         "estimates); costs one frozen forward per step (about half a Tent step on a CPU)",
     )
     signal_window_steps: int = Field(20, ge=1, description="steps per window of a stream's signals (their trend)")
+    dropout_estimate: bool = Field(
+        False,
+        description="AETTA-style dropout-disagreement accuracy estimate per step (signal dropout_accuracy; adapters "
+        "with a captured feature space: norm, tent, cotta, petal, rmt); 10 extra classifier passes per step",
+    )
     guard: dict[str, Any] = Field(
         default_factory=dict,
         description='collapse guard of streams created without one, e.g. {"policy": "reset", "thresholds": '

@@ -32,6 +32,7 @@ class FeatureCapture:
     """Keeps the input (pooled features) and output (logits) of the last call of ``classifier``."""
 
     def __init__(self, classifier: nn.Module) -> None:
+        self.classifier = classifier  # the dropout estimate runs it again on perturbed features
         self.features: Tensor | None = None
         self.logits: Tensor | None = None
         self.handle = classifier.register_forward_hook(self._keep)

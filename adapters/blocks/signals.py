@@ -47,6 +47,8 @@ FIELDS = (
     "source_marginal_entropy_sum",  # per step: images x entropy of the batch-mean source prediction
     "dependence_windows",  # closed windows whose label dependence was measured (set when a window closes)
     "dependence_sum",
+    "dropout_steps",  # steps with the (optional) dropout-disagreement accuracy estimate
+    "dropout_accuracy_sum",
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -63,11 +65,18 @@ RATIOS = {
     "parameter_distance": ("param_distance_sum", "param_steps"),
     "teacher_agreement": ("teacher_agreement_sum", "teacher_steps"),
     "prototype_distance": ("proto_distance_sum", "proto_steps"),
+    "dropout_accuracy": ("dropout_accuracy_sum", "dropout_steps"),
 }
 # every signal a window reports: the ratios, plus the adapted minus the source ATC estimate
 # (negative: by its own confidence calibration, adaptation made the model worse than the source),
-# and the label dependence of closed windows (appended: guard records store a signal's index)
-SIGNALS: tuple[str, ...] = (*RATIOS, "atc_gap", "label_dependence")
+# the label dependence of closed windows and the dropout estimate (appended in the order they were
+# added, whatever RATIOS' order: guard records store a signal's index)
+SIGNALS: tuple[str, ...] = (
+    *(name for name in RATIOS if name != "dropout_accuracy"),
+    "atc_gap",
+    "label_dependence",
+    "dropout_accuracy",
+)
 
 
 def _entropy(probs: Tensor) -> Tensor:
@@ -84,7 +93,8 @@ def step_sums(
 ) -> Tensor:
     """The :data:`FIELDS` sums of one step, float64 (len(FIELDS),); ``bn_shift`` is the batch's
     BatchNorm-statistics shift from :mod:`adapters.blocks.bn_shift`; ``adapted`` the adapter's
-    ``parameter_distance``, ``teacher_agreement`` and ``prototype_distance`` when it has them."""
+    ``parameter_distance``, ``teacher_agreement``, ``prototype_distance`` and ``dropout_accuracy``
+    when it has them."""
     probs = logits.float().softmax(1)
     n, classes = probs.shape
     predicted = probs.argmax(1)
@@ -114,6 +124,8 @@ def step_sums(
         out[16], out[17] = 1, adapted["teacher_agreement"]
     if "prototype_distance" in adapted:
         out[18], out[19] = 1, adapted["prototype_distance"]
+    if "dropout_accuracy" in adapted:
+        out[23], out[24] = 1, adapted["dropout_accuracy"]
     return out
 
 

@@ -19,6 +19,11 @@ def register(commands: Any) -> None:
     signals.add_argument("--adapters", default="source,norm,tent,ecotta,vida,rmt", help="comma-separated")
     signals.add_argument("--n-per-domain", type=int, default=2000, help="images per domain")
     signals.add_argument("--batch-size", type=int, default=200, help="images per step")
+    signals.add_argument(
+        "--dropout-estimate",
+        action="store_true",
+        help="also the AETTA-style dropout-disagreement accuracy estimate (10 classifier passes per step)",
+    )
     add_model(signals)
     add_out(signals, "signals")
     signals.set_defaults(run=run_signals)
@@ -83,7 +88,8 @@ def run_signals(args: argparse.Namespace) -> None:
 
     adapters = args.adapters.split(",")
     source = create_source_model(args.model)
-    report = run_signals_vs_truth(source, args.data, adapters, args.n_per_domain, args.batch_size, args.out)
+    n, batch, dropout = args.n_per_domain, args.batch_size, args.dropout_estimate
+    report = run_signals_vs_truth(source, args.data, adapters, n, batch, args.out, dropout_estimate=dropout)
     print(signals_table(report))
     wrote(args.out, "signals_vs_truth.json", "signals_vs_truth.md", "signals_vs_truth.png")
 

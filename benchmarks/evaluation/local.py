@@ -39,6 +39,7 @@ class LocalStream:
             signals,
             replay_config.window_steps,
             replay_config.guard,
+            replay_config.dropout_estimate,
         )
         self.signals_on = replay_config.source_signals
         self.last_action: dict[str, Any] | None = None

@@ -51,6 +51,7 @@ class ReplayConfig(BaseModel):
         description="the stream's collapse guard (adapters.guard.GuardConfig); source_signals where it reads them",
     )
     window_steps: int = Field(20, ge=1, description="steps per signal window (the server's signal_window_steps)")
+    dropout_estimate: bool = Field(False, description="the dropout-disagreement accuracy estimate per step")
     seed: int = 0
     dataset: Literal["cifar10c", "imagenet-c"] = "cifar10c"
     preprocessing: Literal["as-is", "resize-crop"] = Field(

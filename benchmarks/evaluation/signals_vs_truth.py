@@ -21,7 +21,8 @@ from adapters import SourceModel
 from adapters.blocks.signals import SIGNALS
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
 
-ESTIMATORS = {"atc_accuracy": "adapted", "atc_accuracy_source": "source"}  # signal -> whose accuracy it estimates
+# signal -> whose accuracy it estimates
+ESTIMATORS = {"atc_accuracy": "adapted", "atc_accuracy_source": "source", "dropout_accuracy": "adapted"}
 
 
 def per_domain_signals(result: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -69,10 +70,17 @@ def run_signals_vs_truth(
     batch_size: int = 200,
     out_dir: Path | None = None,
     progress: bool = True,
+    dropout_estimate: bool = False,
 ) -> dict[str, Any]:
     runs = {}
     for name in dict.fromkeys(["source", *adapters]):  # the source run gives the source's true error
-        config = ReplayConfig(adapter=name, n_per_domain=n_per_domain, batch_size=batch_size, source_signals=True)
+        config = ReplayConfig(
+            adapter=name,
+            n_per_domain=n_per_domain,
+            batch_size=batch_size,
+            source_signals=True,
+            dropout_estimate=dropout_estimate,
+        )
         runs[name] = replay_dataset(source, data, config, progress=progress)
     source_error = runs["source"]["per_domain_error"]
     rows = [correlations(runs[name], source_error) for name in adapters]
@@ -80,6 +88,8 @@ def run_signals_vs_truth(
         "model": source.model_id,
         "n_per_domain": n_per_domain,
         "batch_size": batch_size,
+        "dropout_estimate": dropout_estimate,
+        "images_per_s": {name: run["images_per_s"] for name, run in runs.items()},
         "data": runs["source"].get("data"),
         "rows": rows,
     }
@@ -95,6 +105,7 @@ def run_signals_vs_truth(
 
 def signals_table(report: dict[str, Any]) -> str:
     shown = [s for s in SIGNALS if any(s in row["spearman"] for row in report["rows"])]
+    dropout = bool(report.get("dropout_estimate"))
     lines = [
         "# Label-free signals against the true online error",
         "",
@@ -102,10 +113,14 @@ def signals_table(report: dict[str, Any]) -> str:
         f"batch {report['batch_size']}, model `{report['model']}`. Spearman rank correlation over the 15 domains "
         "between each signal's per-domain mean and the true per-domain online error (sign: direction). "
         "MAE: mean absolute error of an ATC estimate (1 - estimated accuracy) against the true per-domain error "
-        "of the model it estimates, in points.",
+        "of the model it estimates, in points"
+        + (" (and of the dropout estimate, DO MAE)." if report.get("dropout_estimate") else "."),
         "",
-        "| adapter | mean error | " + " | ".join(shown) + " | best | ATC MAE adapted | ATC MAE source |",
-        "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|",
+        "| adapter | mean error | "
+        + " | ".join(shown)
+        + " | best | ATC MAE adapted | ATC MAE source |"
+        + (" DO MAE |" if dropout else ""),
+        "|---|---:|" + "---:|" * len(shown) + "---|---:|---:|" + ("---:|" if dropout else ""),
     ]
     for row in report["rows"]:
         cells = [f"{row['spearman'][s]:+.2f}" if s in row["spearman"] else "-" for s in shown]
@@ -116,5 +131,6 @@ def signals_table(report: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {best} ({row['spearman'][best]:+.2f}) | {100 * mae.get('atc_accuracy', float('nan')):.1f} | "
             f"{100 * mae.get('atc_accuracy_source', float('nan')):.1f} |"
+            + (f" {100 * mae.get('dropout_accuracy', float('nan')):.1f} |" if dropout else "")
         )
     return "\n".join(lines) + "\n"

@@ -144,3 +144,20 @@ def test_series_averages_domains_per_visit() -> None:
     result = {"per_domain_error": {"a#1": 0.2, "b#1": 0.4, "a#2": 0.1, "b#2": 0.3}}
     assert series(result, recurring=True) == pytest.approx([0.3, 0.2])
     assert series(result, recurring=False) == [0.2, 0.4, 0.1, 0.3]
+
+
+def test_signals_benchmark_scores_the_dropout_estimate_when_asked(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_signals_vs_truth(
+        make_tiny_source(),
+        small_cifar10c,
+        ["tent"],
+        n_per_domain=32,
+        batch_size=16,
+        out_dir=tmp_path,
+        progress=False,
+        dropout_estimate=True,
+    )
+    (row,) = report["rows"]
+    assert "dropout_accuracy" in row["estimator_mae"] and "dropout_accuracy" in row["spearman"]
+    assert report["dropout_estimate"] and set(report["images_per_s"]) == {"source", "tent"}
+    assert "DO MAE" in (tmp_path / "signals_vs_truth.md").read_text()

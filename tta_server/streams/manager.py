@@ -167,6 +167,7 @@ class StreamManager:
             options.source_signals,
             options.signal_window_steps,
             guard_config,
+            options.dropout_estimate,
         )
         # a new stream's state counts before it is held, so the budget is never exceeded
         self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())

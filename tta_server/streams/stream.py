@@ -37,6 +37,7 @@ class StreamOptions:
     auto_create: bool = True
     source_signals: bool = True  # each step's signals compare with the frozen source prediction
     signal_window_steps: int = 20
+    dropout_estimate: bool = False  # the AETTA-style signal dropout_accuracy (10 classifier passes per step)
     guard: dict[str, Any] = field(default_factory=dict)  # GuardConfig of streams created without one
     handover_wait_s: float = 10.0  # with replicas: how long a request waits for another to hand over
 
