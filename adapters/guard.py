@@ -8,8 +8,8 @@ Triggers, checked each time a signal window closes (see :mod:`adapters.signal_wi
 * ``non_finite``: a step that produced NaN/inf (the step is undone first, then the policy acts);
 * ``reset_every_steps``: periodically, whatever the signals say (RDumb's baseline).
 
-Policies: ``reset`` (back to the source), ``rollback`` (to the last state whose window fired no
-trigger; the source if there is none yet), ``pause`` (predict without adapting for
+Policies (the guard's, or a threshold's own): ``reset`` (back to the source), ``rollback`` (to
+the last state whose window fired no trigger; the source if there is none yet), ``pause`` (predict without adapting for
 ``pause_steps`` steps) or ``fallback`` (answer with the frozen source model and stop adapting
 while the triggers fire: the adapter keeps predicting in the shadow, its signals are still
 windowed, and ``resume_after_windows`` consecutive windows that fire nothing resume adaptation
@@ -56,6 +56,7 @@ class Threshold(BaseModel):
     signal: str = Field(description="a windowed signal, e.g. source_agreement or majority_share")
     below: float | None = Field(None, description="fire when the window's value is below this")
     above: float | None = Field(None, description="fire when the window's value is above this")
+    policy: Policy | None = Field(None, description="this trigger's own policy (default: the guard's)")
 
     _signal = field_validator("signal")(_known_signal)
 
@@ -99,9 +100,19 @@ class GuardConfig(BaseModel):
         return bool(self.thresholds or self.max_drop or self.reset_every_steps or self.non_finite)
 
     @property
+    def falls_back(self) -> bool:
+        """Whether some trigger answers with the source (then the frozen forward is needed)."""
+        return self.policy == "fallback" or any(rule.policy == "fallback" for rule in self.thresholds)
+
+    @property
     def reads_signals(self) -> bool:
         """Whether a decision needs the source-compared signals (a periodic reset only counts steps)."""
-        return bool(self.thresholds or self.max_drop or self.policy == "fallback")
+        return bool(self.thresholds or self.max_drop or self.falls_back)
+
+    @property
+    def keeps_good_state(self) -> bool:
+        """Whether some trigger rolls back (then the last good state is kept)."""
+        return self.policy == "rollback" or any(rule.policy == "rollback" for rule in self.thresholds)
 
 
 class Decision(NamedTuple):
@@ -142,6 +153,8 @@ class Guard:
         self.windows_since_action += 1
         fired = self._triggered(closed)
         if self.falling_back:
+            if fired is not None and fired.action != "fallback":
+                return fired  # e.g. a reset trigger still acts on the shadow model
             self.quiet_windows = 0 if fired is not None else self.quiet_windows + 1
             return Decision("recovered", "resume") if self.quiet_windows >= self.config.resume_after_windows else None
         return fired
@@ -153,9 +166,9 @@ class Guard:
             if value is None:
                 continue
             if rule.below is not None and value < rule.below:
-                return self._decide("threshold", rule.signal, value, rule.below)
+                return self._decide("threshold", rule.signal, value, rule.below, rule.policy)
             if rule.above is not None and value > rule.above:
-                return self._decide("threshold", rule.signal, value, rule.above)
+                return self._decide("threshold", rule.signal, value, rule.above, rule.policy)
         if self.windows_since_action >= 2 and closed.shape[0] >= 2:
             before = ratios(closed[-2])
             for name, drop in self.config.max_drop.items():
@@ -173,9 +186,14 @@ class Guard:
         return self._decide("non_finite") if self.config.non_finite else None
 
     def _decide(
-        self, reason: str, signal: str | None = None, value: float | None = None, limit: float | None = None
+        self,
+        reason: str,
+        signal: str | None = None,
+        value: float | None = None,
+        limit: float | None = None,
+        policy: Policy | None = None,
     ) -> Decision:
-        return Decision(reason, self.config.policy, signal, value, limit)
+        return Decision(reason, policy or self.config.policy, signal, value, limit)
 
     @property
     def paused(self) -> bool:

@@ -78,7 +78,7 @@ class OnlineStream:
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
         self.last_bn_shift: list[float] = []  # per BatchNorm layer, for the last step
         self.guard = Guard(guard)
-        if self.guard.config.policy == "fallback" and frozen is None:
+        if self.guard.config.falls_back and frozen is None:
             raise ValueError("the guard's fallback policy needs the frozen forward that answers instead")
         self.last_decision: Decision | None = None  # what the guard did in the last step, if anything
 
@@ -147,7 +147,7 @@ class OnlineStream:
         decision = guard.on_step(self.adapter.steps) or (guard.on_window(self.signals.closed) if closed else None)
         if decision is not None:
             self._apply(decision)
-        elif closed and guard.config.policy == "rollback":
+        elif closed and guard.config.keeps_good_state:
             state = self.adapter.state_dict()
             guard.good = {"tensors": state["tensors"], "generator": state["generator"], "steps": state["steps"]}
 

@@ -72,14 +72,19 @@ def _run(
 
 
 def _load_run(saved: Path | None, key: dict[str, Any]) -> dict[str, Any] | None:
-    """A run saved by an earlier call with the same settings (a damaged or other file: None)."""
+    """A run saved by an earlier call with the same settings (a damaged or other file: None). The
+    saved replay settings are read through today's ReplayConfig, so an option added since then
+    (at its default) does not make a finished run stale."""
     if saved is None or not saved.is_file():
         return None
     try:
         content = json.loads(saved.read_text())
-    except (OSError, ValueError):
+        saved_key = dict(content["key"])
+        saved_key["config"] = ReplayConfig.model_validate(saved_key["config"]).model_dump(mode="json")
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return content["run"] if isinstance(content, dict) and content.get("key") == key else None
+    run: dict[str, Any] = content["run"]
+    return run if saved_key == key else None
 
 
 def run_long_streams(

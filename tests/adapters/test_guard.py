@@ -232,3 +232,24 @@ def test_a_guard_state_from_before_the_quiet_window_count_still_loads(tiny_sourc
     resumed = guarded(tiny_source, {"policy": "fallback", "thresholds": [ALWAYS]})
     resumed.load_state_dict(state)
     assert resumed.guard.falling_back and resumed.guard.quiet_windows == 0
+
+
+def test_each_threshold_may_have_its_own_policy(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    guard = {
+        "policy": "reset",
+        "thresholds": [
+            {"signal": "bn_shift", "above": limit, "policy": "fallback"},  # the traffic: answer with the source
+            ALWAYS,  # every window: the guard's own policy, reset
+        ],
+    }
+    stream = guarded(tiny_source, guard)
+    stream.step(flat_images(8))  # both fire; the first listed decides: fall back
+    assert stream.guard.falling_back and stream.last_decision is not None
+    assert stream.last_decision.action == "fallback"
+    assert stream.adapter.parameter_distance() not in (None, 0.0)
+    stream.step(image_batch(8, seed=1))  # falling back, the reset trigger still resets the shadow model
+    assert stream.last_decision is not None and stream.last_decision.action == "reset"
+    assert stream.guard.falling_back and stream.adapter.parameter_distance() in (None, 0.0)
+    with pytest.raises(ValueError, match="fallback policy needs the frozen forward"):
+        OnlineStream(create_adapter("tent", tiny_source), 1, None, False, 1, guard)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -161,3 +162,19 @@ def test_signals_benchmark_scores_the_dropout_estimate_when_asked(small_cifar10c
     assert "dropout_accuracy" in row["estimator_mae"] and "dropout_accuracy" in row["spearman"]
     assert report["dropout_estimate"] and set(report["images_per_s"]) == {"source", "tent"}
     assert "DO MAE" in (tmp_path / "signals_vs_truth.md").read_text()
+
+
+def test_a_saved_run_stays_valid_when_an_option_is_added_at_its_default(small_cifar10c: Path, tmp_path: Path) -> None:
+    kwargs: dict[str, Any] = {"visits": 1, "n_per_visit": 16, "variants": ["no guard"], "out_dir": tmp_path}
+    first = run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], progress=False, **kwargs)
+    saved = tmp_path / "runs" / "recurring-norm-no-guard.json"
+    content = json.loads(saved.read_text())
+    del content["key"]["config"]["dropout_estimate"]  # as written before that option existed
+    content["run"]["mean_error"] = -1.0  # a marker: reused, not replayed
+    saved.write_text(json.dumps(content))
+    again = run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], progress=False, **kwargs)
+    assert again["streams"]["recurring"][1]["mean_error"] == -1.0
+    content["key"]["config"]["batch_size"] = 32  # other settings: replayed
+    saved.write_text(json.dumps(content))
+    third = run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], progress=False, **kwargs)
+    assert third["streams"]["recurring"][1]["mean_error"] == first["streams"]["recurring"][1]["mean_error"]
