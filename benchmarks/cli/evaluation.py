@@ -42,6 +42,13 @@ def register(commands: Any) -> None:
     long.add_argument("--window-steps", type=int, default=5, help="signal window")
     long.add_argument("--guard", type=json.loads, default=None, help="guard JSON (None: long_streams.GUARD)")
     long.add_argument(
+        "--adapter-config",
+        type=json.loads,
+        default=None,
+        help='label -> config for entries of --adapters, e.g. \'{"tent-lr0.01": {"adapter": "tent", "optimizer": '
+        '{"name": "adam", "lr": 0.01}}}\'',
+    )
+    long.add_argument(
         "--variants",
         default="no guard,guard,periodic reset",
         help="comma-separated; finished runs are saved under OUT/runs/ and reused by a later call",
@@ -102,19 +109,23 @@ def run_long_streams(args: argparse.Namespace) -> None:
     variants = args.variants.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
         raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    run(
-        create_source_model(args.model),
-        args.data,
-        args.adapters.split(","),
-        args.visits,
-        args.n_per_visit,
-        args.delta,
-        args.reset_every_steps,
-        args.window_steps,
-        args.guard,
-        args.out,
-        variants=variants,
-    )
+    try:
+        run(
+            create_source_model(args.model),
+            args.data,
+            args.adapters.split(","),
+            args.visits,
+            args.n_per_visit,
+            args.delta,
+            args.reset_every_steps,
+            args.window_steps,
+            args.guard,
+            args.out,
+            variants=variants,
+            adapter_configs=args.adapter_config,
+        )
+    except ValueError as exc:  # an unknown adapter label: a message, not a traceback
+        raise SystemExit(f"long-streams: {exc}") from exc
     print((args.out / "long_streams.md").read_text())
     wrote(args.out, "long_streams.json", "long_streams.md", "long_streams_*.png")
 

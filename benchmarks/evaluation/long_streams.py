@@ -25,20 +25,26 @@ from typing import Any
 
 import numpy as np
 
-from adapters import SourceModel
+from adapters import SourceModel, list_adapters
 from adapters.atomic import atomic_write_text
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
 
 # Answer with the source while a window's batches are label-correlated (label_dependence above 0.1
 # nats: the i.i.d. windows of these streams stay below 0.06, the label-correlated ones sit around
 # 0.4; there test-batch statistics themselves are the problem, which no reset fixes) or while the
-# ATC estimate says the adapted model is worse than the source (atc_gap < -0.05: error
-# accumulation); resume after four quiet windows in a row, as a label-correlated stream has a quiet
-# window now and then (a run of one class spanning a whole window).
+# ATC estimate says the adapted model is worse than the source (atc_gap < -0.05); resume after four
+# quiet windows in a row, as a label-correlated stream has a quiet window now and then (one class
+# filling a whole window). Reset when the predictions collapse onto a class (majority_share above
+# 0.3: healthy windows here stay below 0.25, and an accumulating Tent crosses it in its second
+# visit); the ATC estimate cannot see that (entropy minimisation makes the model confident).
 GUARD: dict[str, Any] = {
     "policy": "fallback",
     "resume_after_windows": 4,
-    "thresholds": [{"signal": "label_dependence", "above": 0.1}, {"signal": "atc_gap", "below": -0.05}],
+    "thresholds": [
+        {"signal": "label_dependence", "above": 0.1},
+        {"signal": "atc_gap", "below": -0.05},
+        {"signal": "majority_share", "above": 0.3, "policy": "reset"},
+    ],
 }
 
 
@@ -87,6 +93,16 @@ def _load_run(saved: Path | None, key: dict[str, Any]) -> dict[str, Any] | None:
     return run if saved_key == key else None
 
 
+def _adapter_of(label: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The adapter name and config behind an ``adapters`` entry."""
+    config = dict(config)
+    name = str(config.pop("adapter", label))
+    if name not in list_adapters():
+        known = ", ".join(list_adapters())
+        raise ValueError(f"{label!r} is no adapter; give its config with an 'adapter' name ({known})")
+    return name, config
+
+
 def run_long_streams(
     source: SourceModel,
     data: Path,
@@ -100,11 +116,16 @@ def run_long_streams(
     out_dir: Path | None = None,
     progress: bool = True,
     variants: Sequence[str] = VARIANTS,
+    adapter_configs: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``adapters`` are adapter names or labels of ``adapter_configs`` (label -> the adapter's
+    config, with ``"adapter": name`` where the label is not an adapter's name), e.g.
+    ``{"tent-lr0.01": {"adapter": "tent", "optimizer": {"name": "adam", "lr": 0.01}}}``."""
     guard = guard or GUARD
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    chosen = {label: _adapter_of(label, (adapter_configs or {}).get(label, {})) for label in adapters}
     guards: dict[str, dict[str, Any] | None] = {
         "no guard": None,
         "guard": guard,
@@ -123,14 +144,21 @@ def run_long_streams(
         "window_steps": window_steps,
         "guard": guard,
         "reset_every_steps": reset_every_steps,
+        "adapter_configs": adapter_configs or {},
         "streams": {},
     }
     for stream, settings in streams.items():
         runs = []
         plan = [("source", "source")] + [(a, v) for a in adapters for v in VARIANTS if v in variants]
         for adapter, variant in plan:
+            name, adapter_config = chosen.get(adapter, ("source", {}))
             config = ReplayConfig(
-                adapter=adapter, batch_size=64, window_steps=window_steps, guard=guards.get(variant), **settings
+                adapter=name,
+                adapter_config=adapter_config,
+                batch_size=64,
+                window_steps=window_steps,
+                guard=guards.get(variant),
+                **settings,
             )
             name = f"{stream}-{adapter}-{variant.replace(' ', '-')}.json"
             saved = None if out_dir is None else out_dir / "runs" / name
@@ -163,6 +191,8 @@ def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
         f"periodic reset every {report['reset_every_steps']} steps. Error in %.",
         "",
     ]
+    for label, config in report.get("adapter_configs", {}).items():
+        lines[-1:-1] = [f"`{label}`: `{json.dumps(config)}`.", ""]
     for stream, runs in report["streams"].items():
         key = "per_visit_error" if stream == "recurring" else "per_domain_error"
         source = runs[0][key]

@@ -178,3 +178,16 @@ def test_a_saved_run_stays_valid_when_an_option_is_added_at_its_default(small_ci
     saved.write_text(json.dumps(content))
     third = run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], progress=False, **kwargs)
     assert third["streams"]["recurring"][1]["mean_error"] == first["streams"]["recurring"][1]["mean_error"]
+
+
+def test_long_streams_compare_labelled_configs_of_one_adapter(small_cifar10c: Path, tmp_path: Path) -> None:
+    fast = {"adapter": "tent", "optimizer": {"name": "adam", "lr": 0.01}}
+    kwargs: dict[str, Any] = {"visits": 1, "n_per_visit": 16, "variants": ["no guard"], "progress": False}
+    report = run_long_streams(
+        make_tiny_source(), small_cifar10c, ["tent", "tent-fast"], adapter_configs={"tent-fast": fast}, **kwargs
+    )
+    runs = report["streams"]["recurring"]
+    assert [r["adapter"] for r in runs] == ["source", "tent", "tent-fast"]
+    assert runs[1]["per_visit_error"] != runs[2]["per_visit_error"]  # ten times the learning rate: other answers
+    with pytest.raises(ValueError, match="'tent-slow' is no adapter"):
+        run_long_streams(make_tiny_source(), small_cifar10c, ["tent-slow"], **kwargs)
