@@ -141,6 +141,7 @@ class ServerMetrics:
 
     def start_guard_series(self, adapter: str, policy: str) -> None:
         """Zero series for the default adapter, so rates and alerts have data before any action."""
+        self.window_label_dependence.labels(adapter)  # observed only when a window closes
         actions = {"periodic": "reset", "recovered": "resume"}
         for reason in REASONS:
             if reason != "recovered" or policy == "fallback":
