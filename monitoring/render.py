@@ -58,6 +58,16 @@ def render_panels(prometheus: str, start: float, end: float, path: Path, rate: s
     return drawn
 
 
+def wait_for_scrapes(prometheus: str, count: int, timeout_s: float = 60) -> None:
+    from monitoring.prometheus import scrapes
+
+    deadline = time.monotonic() + timeout_s
+    while scrapes(prometheus) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"Prometheus stored fewer than {count} scrapes in {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
 def main() -> None:
     from monitoring.demo import build_small_cifar10c, labelled_traffic, replay_through
     from monitoring.prometheus import running_prometheus, scrapes
@@ -80,10 +90,11 @@ def main() -> None:
             signal_window_steps=5,
         )
         with running_server(settings) as server, running_prometheus(server.removeprefix("http://")) as prometheus:
+            wait_for_scrapes(prometheus, 2)  # a baseline before the traffic, so rates start from it
             start = time.time()
             replay_through(server, data)
             labelled_traffic(server, data)
-            time.sleep(3)
+            wait_for_scrapes(prometheus, scrapes(prometheus) + 3)  # the last of the traffic scraped
             end = time.time()
             print(f"{scrapes(prometheus)} scrapes; {render_panels(prometheus, start, end, args.out)} series drawn")
     print(f"wrote {args.out}")
