@@ -66,16 +66,9 @@ def test_signals_benchmark_writes_its_table_and_picture(small_cifar10c: Path, tm
 def test_long_streams_compare_variants_per_visit(
     small_cifar10c: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings: dict[str, Any] = {"visits": 2, "n_per_visit": 16, "reset_every_steps": 3, "window_steps": 2}
     report = run_long_streams(
-        make_tiny_source(),
-        small_cifar10c,
-        ["tent"],
-        visits=2,
-        n_per_visit=16,
-        reset_every_steps=3,
-        window_steps=2,
-        out_dir=tmp_path,
-        progress=False,
+        make_tiny_source(), small_cifar10c, ["tent"], out_dir=tmp_path, progress=False, **settings
     )
     recurring = report["streams"]["recurring"]
     assert [(r["adapter"], r["variant"]) for r in recurring] == [
@@ -98,17 +91,7 @@ def test_long_streams_compare_variants_per_visit(
         raise AssertionError("a saved run was replayed again")
 
     monkeypatch.setattr(module, "replay_dataset", refuse)
-    again = run_long_streams(
-        make_tiny_source(),
-        small_cifar10c,
-        ["tent"],
-        visits=2,
-        n_per_visit=16,
-        reset_every_steps=3,
-        window_steps=2,
-        out_dir=tmp_path,
-        progress=False,
-    )
+    again = run_long_streams(make_tiny_source(), small_cifar10c, ["tent"], out_dir=tmp_path, progress=False, **settings)
     assert again["streams"] == report["streams"]
 
 
