@@ -38,16 +38,12 @@ def dropout_accuracy(
     generator = torch.Generator(device=features.device).manual_seed(seed)
     keep = 1.0 - rate
     weight = next(classifier.parameters())
-    agreeing = 0.0
-    marginal = torch.zeros(logits.shape[1], device=features.device)
-    for _ in range(samples):
-        mask = torch.rand(features.shape, generator=generator, device=features.device) < keep
-        dropped = (features * mask / keep).to(weight.dtype)
-        probabilities = (classifier(dropped).float() * logit_scale).softmax(1)
-        agreeing += float((probabilities.argmax(1) == predicted).float().mean())
-        marginal += probabilities.mean(0)
-    disagreement = 1.0 - agreeing / samples
-    marginal = marginal / samples
+    shape = (samples, *features.shape)
+    mask = torch.rand(shape, generator=generator, device=features.device) < keep
+    dropped = (features * mask / keep).to(weight.dtype).flatten(0, 1)  # all samples in one classifier pass
+    probabilities = (classifier(dropped).float() * logit_scale).softmax(1).view(samples, features.shape[0], -1)
+    disagreement = 1.0 - float((probabilities.argmax(2) == predicted).float().mean())
+    marginal = probabilities.mean((0, 1))
     classes = logits.shape[1]
     spread = float(-(marginal * marginal.clamp_min(1e-12).log()).sum()) / math.log(classes)
     error = disagreement / max(spread, 1e-6) ** 3

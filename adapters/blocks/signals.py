@@ -49,6 +49,7 @@ FIELDS = (
     "dependence_sum",
     "dropout_steps",  # steps with the (optional) dropout-disagreement accuracy estimate
     "dropout_accuracy_sum",
+    "source_steps",  # steps whose source prediction was computed (the label dependence's step count)
 )
 # derived ratios: name -> (numerator, denominator)
 RATIOS = {
@@ -115,6 +116,7 @@ def step_sums(
             out[10] = float(confident.sum())
             out[13] = float((confident & (source_probs.argmax(1) == predicted)).sum())
         out[20] = n * float(_entropy(source_probs.mean(0)))
+        out[25] = 1
     if bn_shift is not None:
         out[11], out[12] = 1, bn_shift
     adapted = adapted or {}
@@ -160,7 +162,7 @@ def label_dependence(source_marginal: Tensor, window: Tensor) -> float | None:
     the i.i.d. floor stays near 0 whatever the batch size (an estimate below 0, no evidence of
     dependence, is reported as 0); None when the window has no source predictions or a single step."""
     index = {name: i for i, name in enumerate(FIELDS)}
-    images, steps = float(window[index["source_images"]]), float(window[index["steps"]])
+    images, steps = float(window[index["source_images"]]), float(window[index["source_steps"]])
     if images <= 0 or steps < 2:
         return None
     pooled = source_marginal.double() / images

@@ -103,29 +103,31 @@ def run_signals(args: argparse.Namespace) -> None:
 
 def run_long_streams(args: argparse.Namespace) -> None:
     from adapters import create_source_model
-    from benchmarks.evaluation.long_streams import VARIANTS
+    from benchmarks.evaluation.long_streams import VARIANTS, adapter_of
     from benchmarks.evaluation.long_streams import run_long_streams as run
 
     variants = args.variants.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
         raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
-    try:
-        run(
-            create_source_model(args.model),
-            args.data,
-            args.adapters.split(","),
-            args.visits,
-            args.n_per_visit,
-            args.delta,
-            args.reset_every_steps,
-            args.window_steps,
-            args.guard,
-            args.out,
-            variants=variants,
-            adapter_configs=args.adapter_config,
-        )
-    except ValueError as exc:  # an unknown adapter label: a message, not a traceback
-        raise SystemExit(f"long-streams: {exc}") from exc
+    for label in args.adapters.split(","):  # before hours of replay, not after
+        try:
+            adapter_of(label, (args.adapter_config or {}).get(label, {}))
+        except ValueError as exc:
+            raise SystemExit(f"--adapters: {exc}") from exc
+    run(
+        create_source_model(args.model),
+        args.data,
+        args.adapters.split(","),
+        args.visits,
+        args.n_per_visit,
+        args.delta,
+        args.reset_every_steps,
+        args.window_steps,
+        args.guard,
+        args.out,
+        variants=variants,
+        adapter_configs=args.adapter_config,
+    )
     print((args.out / "long_streams.md").read_text())
     wrote(args.out, "long_streams.json", "long_streams.md", "long_streams_*.png")
 

@@ -93,7 +93,7 @@ def _load_run(saved: Path | None, key: dict[str, Any]) -> dict[str, Any] | None:
     return run if saved_key == key else None
 
 
-def _adapter_of(label: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def adapter_of(label: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The adapter name and config behind an ``adapters`` entry."""
     config = dict(config)
     name = str(config.pop("adapter", label))
@@ -125,7 +125,7 @@ def run_long_streams(
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    chosen = {label: _adapter_of(label, (adapter_configs or {}).get(label, {})) for label in adapters}
+    chosen = {label: adapter_of(label, (adapter_configs or {}).get(label, {})) for label in adapters}
     guards: dict[str, dict[str, Any] | None] = {
         "no guard": None,
         "guard": guard,

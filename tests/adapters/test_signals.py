@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import httpx
+import pytest
 import torch
 
 from adapters import SourceModel, create_adapter, get_frozen_forward
@@ -172,3 +173,14 @@ def test_a_closed_window_carries_its_label_dependence_and_the_marginal_travels_w
         resumed.step(image_batch(8, seed))
     assert resumed.signals.report() == original.signals.report()
     assert "label_dependence" in original.signals.report()["last_step"]  # the closing step reports it
+
+
+def test_label_dependence_counts_only_the_steps_with_a_source_prediction() -> None:
+    one_class_each = [torch.nn.functional.one_hot(torch.full((64,), step), 10).float() * 6 for step in range(4)]
+    marginal, sums = _window_of(one_class_each)
+    alone = label_dependence(marginal, sums)
+    # the same window with four more steps whose source prediction was not computed
+    for batch in one_class_each:
+        sums = sums + step_sums(batch)
+    assert alone is not None and alone > 1.0
+    assert label_dependence(marginal, sums) == pytest.approx(alone)

@@ -54,3 +54,18 @@ def test_replay_refuses_options_it_would_ignore(extra: list[str], message: str, 
     with pytest.raises(SystemExit, match=message):
         main(["replay", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--adapters", "tent,tent-slow"], "'tent-slow' is no adapter"),
+        (["--variants", "sometimes"], "--variants: unknown sometimes"),
+    ],
+)
+def test_long_streams_refuses_unknown_labels_and_variants_before_replaying(
+    extra: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match=message):
+        main(["long-streams", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()  # refused before any run started
