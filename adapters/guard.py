@@ -2,7 +2,9 @@
 
 Triggers, checked each time a signal window closes (see :mod:`adapters.signal_windows`):
 
-* ``thresholds``: a closed window's signal below or above a limit;
+* ``thresholds``: a closed window's signal below or above a limit (an ``early`` threshold is also
+  checked on the window in progress after each of its steps, from its third, so that its action
+  starts a step or two sooner);
 * ``max_drop``: a signal falling by more than a limit between two consecutive closed windows
   (error accumulation: the estimate keeps sinking);
 * ``non_finite``: a step that produced NaN/inf (the step is undone first, then the policy acts);
@@ -57,6 +59,11 @@ class Threshold(BaseModel):
     below: float | None = Field(None, description="fire when the window's value is below this")
     above: float | None = Field(None, description="fire when the window's value is above this")
     policy: Policy | None = Field(None, description="this trigger's own policy (default: the guard's)")
+    early: bool = Field(
+        False,
+        description="also check the window in progress after each of its steps (from its third): for a "
+        "signal that is sound on a few steps, e.g. label_dependence, so a fallback starts sooner",
+    )
 
     _signal = field_validator("signal")(_known_signal)
 
@@ -110,6 +117,11 @@ class GuardConfig(BaseModel):
         return bool(self.thresholds or self.max_drop or self.falls_back)
 
     @property
+    def checks_early(self) -> bool:
+        """Whether some threshold is checked on the window in progress too."""
+        return any(rule.early for rule in self.thresholds)
+
+    @property
     def keeps_good_state(self) -> bool:
         """Whether some trigger rolls back (then the last good state is kept)."""
         return self.policy == "rollback" or any(rule.policy == "rollback" for rule in self.thresholds)
@@ -159,9 +171,17 @@ class Guard:
             return Decision("recovered", "resume") if self.quiet_windows >= self.config.resume_after_windows else None
         return fired
 
-    def _triggered(self, closed: Tensor) -> Decision | None:
-        values = ratios(closed[-1])
-        for rule in self.config.thresholds:
+    def on_open_window(self, values: dict[str, float]) -> Decision | None:
+        """A step went into the window in progress (``values``: its signals so far); only the
+        ``early`` thresholds are checked, and while falling back only those with another policy
+        act (the quiet-window count is the closed windows' business)."""
+        fired = self._crossed([rule for rule in self.config.thresholds if rule.early], values)
+        if fired is not None and self.falling_back and fired.action == "fallback":
+            return None
+        return fired
+
+    def _crossed(self, rules: list[Threshold] | tuple[Threshold, ...], values: dict[str, float]) -> Decision | None:
+        for rule in rules:
             value = values.get(rule.signal)
             if value is None:
                 continue
@@ -169,6 +189,13 @@ class Guard:
                 return self._decide("threshold", rule.signal, value, rule.below, rule.policy)
             if rule.above is not None and value > rule.above:
                 return self._decide("threshold", rule.signal, value, rule.above, rule.policy)
+        return None
+
+    def _triggered(self, closed: Tensor) -> Decision | None:
+        values = ratios(closed[-1])
+        fired = self._crossed(self.config.thresholds, values)
+        if fired is not None:
+            return fired
         if self.windows_since_action >= 2 and closed.shape[0] >= 2:
             before = ratios(closed[-2])
             for name, drop in self.config.max_drop.items():

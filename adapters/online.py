@@ -130,7 +130,9 @@ class OnlineStream:
         marginal = None if source_logits is None else source_logits.float().softmax(1).sum(0)
         closed = self.signals.add(sums, marginal)
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
-        self._after_step(batch.shape[0], closed)
+        decision = self._after_step(batch.shape[0], closed)
+        if decision is not None and decision.action == "fallback" and source_logits is not None:
+            answer = source_logits  # the batch that showed the problem is answered by the source too
         return answer.cpu()
 
     def _source_forward(self, batch: Tensor) -> tuple[Tensor, float | None]:
@@ -141,15 +143,20 @@ class OnlineStream:
         self.last_bn_shift = layers.tolist()
         return logits, float(layers.mean()) if layers.numel() else None
 
-    def _after_step(self, images: int, closed: bool) -> None:
+    def _after_step(self, images: int, closed: bool) -> Decision | None:
         guard = self.guard
         guard.tick(images)
-        decision = guard.on_step(self.adapter.steps) or (guard.on_window(self.signals.closed) if closed else None)
+        decision = guard.on_step(self.adapter.steps)
+        if decision is None and closed:
+            decision = guard.on_window(self.signals.closed)
+        elif decision is None and guard.config.checks_early:
+            decision = guard.on_open_window(self.signals.open_values())
         if decision is not None:
             self._apply(decision)
         elif closed and guard.config.keeps_good_state:
             state = self.adapter.state_dict()
             guard.good = {"tensors": state["tensors"], "generator": state["generator"], "steps": state["steps"]}
+        return decision
 
     def _apply(self, decision: Decision) -> str:
         """Carry out a guard decision; returns what was done, in words."""

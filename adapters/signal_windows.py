@@ -21,6 +21,8 @@ from adapters.blocks.signals import FIELDS, SIGNALS, label_dependence, ratios
 PREFIX = "signals."
 STEPS = FIELDS.index("steps")
 DEPENDENCE = FIELDS.index("dependence_windows")
+# a window in progress is judged from this many steps on (fewer: its label dependence is too noisy)
+OPEN_STEPS = 3
 
 
 class SignalWindows:
@@ -51,6 +53,18 @@ class SignalWindows:
             self.discard_current()
             return True
         return False
+
+    def open_values(self) -> dict[str, float]:
+        """The window in progress' signals so far, with its label dependence, from its
+        :data:`OPEN_STEPS`-th step on (before: none); the guard's ``early`` thresholds read them."""
+        if self.current[STEPS] < OPEN_STEPS:
+            return {}
+        values = ratios(self.current)
+        if self.marginal.numel():
+            dependence = label_dependence(self.marginal, self.current)
+            if dependence is not None:
+                values["label_dependence"] = dependence
+        return values
 
     def discard_current(self) -> None:
         """Drop the window in progress (after a guard action, so the next one is all after it)."""

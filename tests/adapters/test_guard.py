@@ -13,6 +13,7 @@ from adapters.blocks.bn_shift import batchnorm_probe
 from adapters.blocks.signals import step_sums
 from adapters.guard import Guard, GuardConfig
 from adapters.online import DivergenceError, OnlineStream
+from adapters.signal_windows import SignalWindows
 from adapters.state_io import decode_state, encode_state
 from tests.conftest import image_batch
 
@@ -253,3 +254,48 @@ def test_each_threshold_may_have_its_own_policy(tiny_source: SourceModel) -> Non
     assert stream.guard.falling_back and stream.adapter.parameter_distance() in (None, 0.0)
     with pytest.raises(ValueError, match="fallback policy needs the frozen forward"):
         OnlineStream(create_adapter("tent", tiny_source), 1, None, False, 1, guard)
+
+
+def test_a_fallback_answers_the_batch_that_triggered_it_with_the_source(tiny_source: SourceModel) -> None:
+    limit = shift_limit(tiny_source)
+    stream = guarded(tiny_source, {"policy": "fallback", "thresholds": [{"signal": "bn_shift", "above": limit}]})
+    frozen = get_frozen_forward(tiny_source, "torch")
+    first = image_batch(8, seed=1)
+    assert not torch.allclose(stream.step(first), frozen(first))  # adapted (test-batch statistics)
+    flat = flat_images(8)
+    answer = stream.step(flat)  # this batch's window fires
+    assert stream.last_decision is not None and stream.last_decision.action == "fallback"
+    torch.testing.assert_close(answer, frozen(flat))
+
+
+def test_an_early_threshold_acts_on_the_window_in_progress_from_its_third_step(tiny_source: SourceModel) -> None:
+    early = {**ALWAYS, "early": True}
+    stream = guarded(tiny_source, {"thresholds": [early]}, window_steps=5)
+    for seed in (1, 2):
+        stream.step(image_batch(8, seed=seed))
+        assert stream.last_decision is None  # fewer than three steps: not judged yet
+    stream.step(image_batch(8, seed=3))
+    assert stream.last_decision is not None and stream.last_decision.reason == "threshold" and stream.steps == 0
+    late = guarded(tiny_source, {"thresholds": [ALWAYS]}, window_steps=5)
+    for seed in (1, 2, 3, 4):
+        late.step(image_batch(8, seed=seed))
+    assert late.last_decision is None  # a threshold that is not early waits for the window to close
+
+
+def test_an_early_fallback_does_not_count_against_recovery_while_falling_back() -> None:
+    guard = Guard({"policy": "fallback", "thresholds": [{"signal": "label_dependence", "above": 0.1, "early": True}]})
+    decision = guard.on_open_window({"label_dependence": 0.3})
+    assert decision is not None and decision.action == "fallback"
+    guard.record(decision, 3)
+    assert guard.on_open_window({"label_dependence": 0.3}) is None  # already falling back
+    assert guard.on_open_window({"label_dependence": 0.01}) is None
+
+
+def test_a_window_in_progress_reports_its_label_dependence_from_its_third_step() -> None:
+    windows = SignalWindows(window_steps=5)
+    one_class_each = [torch.nn.functional.one_hot(torch.full((64,), step), 10).float() * 6 for step in range(3)]
+    for step, logits in enumerate(one_class_each):
+        windows.add(step_sums(logits, logits), logits.softmax(1).sum(0))
+        values = windows.open_values()
+        assert ("label_dependence" in values) == (step == 2)
+    assert windows.open_values()["label_dependence"] > 0.9  # three classes: at most log(3)
