@@ -31,6 +31,7 @@ with this guard, so the same images give the same decisions.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -180,7 +181,7 @@ class Guard:
             return None
         return fired
 
-    def _crossed(self, rules: list[Threshold] | tuple[Threshold, ...], values: dict[str, float]) -> Decision | None:
+    def _crossed(self, rules: Sequence[Threshold], values: dict[str, float]) -> Decision | None:
         for rule in rules:
             value = values.get(rule.signal)
             if value is None:
