@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 
-from tta_server.streams.errors import LostOwnershipError, StreamOwnedError
+from adapters import SourceModel
+from tests.conftest import image_batch
+from tta_server.streams import SnapshotStore, StreamManager, StreamOptions
+from tta_server.streams.errors import LostOwnershipError, StreamOwnedError, UnknownStreamError
 from tta_server.streams.ownership import Ownership
 
 
@@ -70,3 +74,32 @@ def test_a_lease_not_renewed_in_time_is_revalidated_before_serving(tmp_path: Pat
     assert Ownership(tmp_path, "b", ttl_s=60).acquire("cam") == 2  # expired: taken over
     with pytest.raises(StreamOwnedError):
         a.acquire("cam")  # the stale owner learns it before serving, and drops its copy
+
+
+def test_probing_unknown_ids_leaves_no_lease_files_and_owned_streams_are_still_refused(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    async def main() -> None:
+        options = StreamOptions(min_adapt_batch=4, workers=1, auto_create=False, handover_wait_s=0.2)
+        manager = StreamManager(tiny_source, options, SnapshotStore(tmp_path), Ownership(tmp_path, "a", ttl_s=60))
+        try:
+            for i in range(10):
+                probe = f"probe-{i}"
+                with pytest.raises(UnknownStreamError):
+                    manager.get(probe)
+                with pytest.raises(UnknownStreamError):
+                    await manager.step(probe, image_batch(4))
+                with pytest.raises(UnknownStreamError):
+                    await manager.reset(probe)
+                with pytest.raises(UnknownStreamError):
+                    await manager.delete(probe)
+            assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []
+            Ownership(tmp_path, "b", ttl_s=60).acquire("cam")  # held by another replica, not yet written
+            with pytest.raises(StreamOwnedError):
+                manager.get("cam")
+            manager.create("mine", "tent", {})
+            assert manager.ownership is not None and manager.ownership.has_lease("mine")
+        finally:
+            manager.close()
+
+    asyncio.run(main())

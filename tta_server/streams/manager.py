@@ -2,7 +2,7 @@
 
 Each stream's work runs on a thread pool, one piece at a time per stream, in arrival order. With a
 memory budget, idle streams are spilled (least recently used first) to the snapshot store and
-woken, exactly as they were, by their next request. Persistence (periodic snapshots, shutdown,
+woken, exactly as they were, by their next request (:mod:`.residency`). Persistence (periodic snapshots, shutdown,
 idle expiry, start-up restore, snapshot and restore on request) lives in
 :mod:`tta_server.streams.persistence`.
 """
@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -28,16 +27,15 @@ from adapters.online import DivergenceError, OnlineStream
 from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
-    LostOwnershipError,
     MemoryBudgetError,
     SnapshotError,
     StreamExistsError,
     StreamLimitError,
-    StreamOwnedError,
     UnknownStreamError,
 )
 from tta_server.streams.ids import validate_stream_id
 from tta_server.streams.ownership import Ownership
+from tta_server.streams.residency import Residency
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import StepResult, Stream, StreamOptions
 
@@ -45,7 +43,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class StreamManager:
+class StreamManager(Residency):
     """Creates streams (explicitly, or on first use with the default adapter) and runs their steps."""
 
     def __init__(
@@ -80,56 +78,13 @@ class StreamManager:
     def known(self, stream_id: str) -> bool:
         return stream_id in self.streams or stream_id in self.spilled
 
-    def claim(self, stream_id: str) -> None:
-        """With ownership: take the stream's lease before touching it (:class:`StreamOwnedError` if
-        another replica holds it); its snapshot in the shared store then wakes like a spilled one."""
-        ownership = self.ownership
-        if ownership is None or ownership.fresh(stream_id):
-            return
-        if ownership.holds(stream_id):  # renewals stalled (a long step?): make sure it is still ours
-            try:
-                ownership.acquire(stream_id)
-            except StreamOwnedError:
-                self.drop(stream_id)  # taken over meanwhile: this copy is stale
-                raise
-            return
-        self.drop(stream_id)  # a copy without a lease is stale (its loss was noticed by a write)
-        ownership.acquire(stream_id)
-        if self.store is not None and self.store.exists(stream_id):
-            self.spilled.add(stream_id)
-
-    async def claim_waiting(self, stream_id: str) -> None:
-        """:meth:`claim`, waiting up to ``handover_wait_s`` for the owner to hand the stream over."""
-        deadline = time.monotonic() + self.options.handover_wait_s
-        while True:
-            try:
-                return self.claim(stream_id)
-            except StreamOwnedError:
-                if time.monotonic() >= deadline:
-                    self.counters["refused_owned_elsewhere"] += 1
-                    raise
-            await asyncio.sleep(0.1)
-
-    def drop(self, stream_id: str) -> None:
-        """Forget the stream here without writing it (another replica owns it now)."""
-        self.streams.pop(stream_id, None)
-        self.spilled.discard(stream_id)
-
-    def write_snapshot(self, stream: Stream) -> Path:
-        """Write the stream's state; with ownership, only while this replica still holds it."""
-        assert self.store is not None
-        if self.ownership is None:
-            return self.store.write(stream.stream_id, stream.online.state_dict())
-        with self.ownership.fenced(stream.stream_id):
-            return self.store.write(stream.stream_id, stream.online.state_dict())
-
     def get(self, stream_id: str) -> Stream:
         """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none."""
         validate_stream_id(stream_id)
         self.claim(stream_id)
         stream = self.streams.get(stream_id)
         if stream is None and stream_id in self.spilled:
-            stream = self._wake(stream_id)
+            stream = self.wake(stream_id)
         if stream is None:
             if self.ownership is not None:  # nothing to own: do not keep renewing a lease for it
                 self.ownership.release(stream_id)
@@ -137,7 +92,7 @@ class StreamManager:
         return stream
 
     def get_or_create(self, stream_id: str) -> Stream:
-        self.claim(stream_id)
+        self.claim(stream_id, creating=self.options.auto_create)
         if self.known(stream_id) or not self.options.auto_create:
             return self.get(stream_id)
         return self.create(stream_id, self.options.default_adapter, self.options.default_config)
@@ -148,7 +103,7 @@ class StreamManager:
         """A new stream with its own adapter and guard (default: the server's); both configs are
         validated here."""
         validate_stream_id(stream_id)
-        self.claim(stream_id)
+        self.claim(stream_id, creating=True)
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
@@ -186,72 +141,6 @@ class StreamManager:
             raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit this server: {exc}") from exc
         return stream
 
-    def _wake(self, stream_id: str) -> Stream:
-        """Bring a spilled stream back from its snapshot, exactly as it was."""
-        assert self.store is not None
-        started = time.perf_counter()
-        try:
-            state = self.store.read(stream_id)
-        except SnapshotError:
-            self.spilled.discard(stream_id)  # damaged (quarantined) or gone: the stream is lost
-            raise
-        self.spilled.discard(stream_id)
-        try:
-            stream = self.create_from_state(stream_id, state)
-        except StreamLimitError:
-            self.spilled.add(stream_id)  # no room now; it stays in the store
-            raise
-        stream.saved_version = stream.version
-        self.counters["wakes"] += 1
-        self._observe_transfer("wake", started)
-        return stream
-
-    def _observe_transfer(self, kind: str, started: float) -> None:
-        for observe in self.transfer_observers:
-            observe(kind, time.perf_counter() - started)
-
-    # -- the memory budget ------------------------------------------------------------------------
-    def state_total(self) -> int:
-        return sum(stream.online.state_bytes() for stream in self.streams.values())
-
-    def make_room(self, keep: str | None, extra_bytes: int = 0) -> None:
-        """Spill the least recently used idle streams until states plus ``extra_bytes`` fit the budget;
-        a stream that cannot be written stays and the next one is tried."""
-        if not self.budget.enabled:
-            return
-        assert self.store is not None and self.budget.budget_bytes is not None
-        total = self.state_total() + extra_bytes
-        idle = sorted(
-            (s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.last_used_at
-        )
-        for stream in idle:
-            if total <= self.budget.budget_bytes:
-                break
-            if self.spill(stream):
-                total -= stream.online.state_bytes()
-        self.budget.check(self.state_total(), extra_bytes)
-
-    def spill(self, stream: Stream) -> bool:
-        """Move an idle stream to the store; False (logged, counted) if it cannot be written."""
-        assert self.store is not None
-        started = time.perf_counter()
-        try:
-            if stream.saved_version != stream.version:
-                self.write_snapshot(stream)
-        except LostOwnershipError:
-            logger.warning("stream %s: taken over by another replica; dropped here", stream.stream_id)
-            self.drop(stream.stream_id)
-            return True
-        except Exception as exc:  # one stream that cannot be written must not block the others
-            self.counters["spill_failures"] += 1
-            logger.error("stream %s: spill failed, kept in memory: %s", stream.stream_id, exc)
-            return False
-        self.streams.pop(stream.stream_id, None)
-        self.spilled.add(stream.stream_id)
-        self.counters["spills"] += 1
-        self._observe_transfer("spill", started)
-        return True
-
     # -- work on a stream -------------------------------------------------------------------------
     async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:
         """Run ``fn`` on the pool after the stream's earlier work; ``images`` > 0 marks an adaptation
@@ -281,7 +170,7 @@ class StreamManager:
         """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
 
         With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
-        await self.claim_waiting(stream_id)
+        await self.claim_waiting(stream_id, creating=self.options.auto_create)
         stream = self.get_or_create(stream_id)
         delay_s = self.options.max_delay_ms / 1000
         if delay_s <= 0:
@@ -364,10 +253,6 @@ class StreamManager:
             self.undeleted.add(stream_id)
             self.counters["delete_failures"] += 1
             logger.error("stream %s: its snapshot could not be deleted (retried): %s", stream_id, exc)
-
-    def memory_report(self) -> dict[str, Any]:
-        """The budget, what holds it now, and the working-memory estimates measured so far."""
-        return self.budget.report_with(self.state_total(), len(self.streams), len(self.spilled))
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

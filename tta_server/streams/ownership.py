@@ -104,6 +104,10 @@ class Ownership:
     def holds(self, stream_id: str) -> bool:
         return stream_id in self.held
 
+    def has_lease(self, stream_id: str) -> bool:
+        """Some replica has ever taken the stream's lease (it may be released or expired)."""
+        return self._path(stream_id, ".json").exists()
+
     def fresh(self, stream_id: str) -> bool:
         """Held, with more than a third of the TTL left: safe to serve without looking at the file.
         Otherwise (renewals stalled) the caller re-validates with :meth:`acquire` before serving."""
@@ -138,6 +142,8 @@ class Ownership:
 
     def release(self, stream_id: str) -> None:
         """Hand the stream to whoever asks next (after its last snapshot)."""
+        if stream_id not in self.held:
+            return  # not ours: nothing to write (and no lock file to create)
         with self._locked(stream_id) as path:
             lease = self._read(path)
             if self._ours(stream_id, lease):
