@@ -223,20 +223,18 @@ class _StateCollector(Collector):
             ]
         for name, text, read in gauges:
             yield GaugeMetricFamily(name, text, value=read())
-        totals = list(services.feedback.totals.values())
-        yield CounterMetricFamily(
-            "tta_feedback_images", "images scored by label feedback", value=sum(t.images for t in totals)
-        )
+        scored = services.feedback.scored
+        yield CounterMetricFamily("tta_feedback_images", "images scored by label feedback", value=scored.images)
         errors = CounterMetricFamily(
             "tta_feedback_errors", "labelled images mispredicted, by prediction", labels=["prediction"]
         )
-        errors.add_metric(["adapted"], sum(t.adapted_errors for t in totals))
-        errors.add_metric(["source"], sum(t.source_errors for t in totals))
+        errors.add_metric(["adapted"], scored.adapted_errors)
+        errors.add_metric(["source"], scored.source_errors)
         yield errors
         yield CounterMetricFamily(
             "tta_feedback_source_images",
             "labelled images whose source prediction was kept",
-            value=sum(t.source_images for t in totals),
+            value=scored.source_images,
         )
         for key, (name, text) in MANAGER_COUNTERS.items():
             yield CounterMetricFamily(name, text, value=manager.counters[key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,10 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters import create_source_model, get_frozen_forward
+from adapters import create_adapter, create_source_model, get_frozen_forward
+from adapters.online import OnlineStream
 from tests.helpers import png
 from tests.server_harness import running_server
 from tta_server import Settings
+from tta_server.streams import DamagedSnapshotError, SnapshotStore
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,27 @@ def test_another_stream_reusing_a_request_id_cannot_replace_its_predictions(url:
     labels = [p["class_index"] for p in mine["predictions"]]
     scored = send(url, "fb-mine", ("shared-id-1", labels))
     assert scored.status_code == 200 and scored.json()["images"] == 2 and scored.json()["adapted_errors"] == 0
+
+
+def test_a_streams_totals_survive_a_restart_and_go_with_its_snapshot(tmp_path: Path) -> None:
+    settings = Settings(default_adapter="tent", min_adapt_batch=2, snapshot_dir=tmp_path)
+    with running_server(settings) as first:
+        request_id, adapted, _ = predict(first, "fb-kept", [1, 2, 3])
+        labels = [adapted[0], *((c + 1) % 10 for c in adapted[1:])]  # one right, two wrong
+        assert send(first, "fb-kept", (request_id, labels)).json()["adapted_errors"] == 2
+    # graceful shutdown wrote the stream, totals included; the next process continues from them
+    with running_server(settings) as second:
+        assert httpx.get(f"{second}/v1/streams/fb-kept").json()["feedback"]["adapted_errors"] == 2
+        request_id, adapted, _ = predict(second, "fb-kept", [4, 5])
+        totals = send(second, "fb-kept", (request_id, adapted)).json()
+        assert totals["images"] == 5 and totals["adapted_errors"] == 2
+        assert "tta_feedback_images_total 2.0" in httpx.get(f"{second}/metrics").text  # this process's counter
+
+
+def test_damaged_feedback_totals_quarantine_the_snapshot(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    online = OnlineStream(create_adapter("norm", create_source_model(), {}))
+    store.write("cam", {**online.state_dict(), "feedback": {"images": -1}})
+    with pytest.raises(DamagedSnapshotError, match="non-negative"):
+        store.read("cam")
+    assert len(store.quarantined) == 1

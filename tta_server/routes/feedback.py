@@ -36,6 +36,8 @@ async def feedback(
     request.state.stream_id = stream_id
     log = services.feedback
     log.check(stream_id, [(item.request_id, item.labels) for item in body.items])
+    stream = services.streams.get(stream_id)  # woken if spilled: its totals are in its state
     for item in body.items:
-        totals = log.resolve(stream_id, item.request_id, item.labels)
-    return {"stream_id": stream_id, **totals.report()}
+        stream.feedback = log.resolve(stream_id, item.request_id, item.labels, stream.feedback)
+    stream.version += 1  # the totals are part of the snapshot
+    return {"stream_id": stream_id, **stream.feedback.report()}

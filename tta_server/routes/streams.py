@@ -135,9 +135,9 @@ async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
 
 @router.get("/streams/{stream_id}")
 async def get_stream(services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
-    info = _info(services.streams.get(stream_id))
-    totals = services.feedback.totals.get(stream_id)
-    info.feedback = totals.report() if totals else {}
+    stream = services.streams.get(stream_id)
+    info = _info(stream)
+    info.feedback = stream.feedback.report() if stream.feedback.images else {}
     return info
 
 

@@ -76,6 +76,6 @@ class Claims:
         """Write the stream's state; with ownership, only while this replica still holds it."""
         assert self.store is not None
         if self.ownership is None:
-            return self.store.write(stream.stream_id, stream.online.state_dict())
+            return self.store.write(stream.stream_id, stream.snapshot_state())
         with self.ownership.fenced(stream.stream_id):
-            return self.store.write(stream.stream_id, stream.online.state_dict())
+            return self.store.write(stream.stream_id, stream.snapshot_state())

@@ -33,6 +33,7 @@ from tta_server.streams.errors import (
     StreamLimitError,
     UnknownStreamError,
 )
+from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
 from tta_server.streams.ownership import Ownership
 from tta_server.streams.residency import Residency
@@ -139,6 +140,7 @@ class StreamManager(Residency):
         except (AdapterError, ValueError, KeyError) as exc:
             self.streams.pop(stream_id, None)
             raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit this server: {exc}") from exc
+        stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
         return stream
 
     # -- work on a stream -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from adapters import AdapterError, get_adapter_class
 from tta_server.streams.errors import LostOwnershipError, SnapshotError, UnknownStreamError
+from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import Stream
@@ -74,6 +75,7 @@ class Persistence:
                 stream.online.load_state_dict(state)
             except (AdapterError, ValueError, KeyError) as exc:
                 raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit the stream: {exc}") from exc
+            stream.feedback = FeedbackTotals(**state.get("feedback", {}))
             stream.version += 1
             return stream
 

@@ -29,6 +29,7 @@ from adapters.atomic import atomic_path, atomic_write_text
 from adapters.source_model import state_sha256
 from adapters.state_io import decode_state, encode_state
 from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
+from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
 
 logger = logging.getLogger(__name__)
@@ -71,12 +72,15 @@ class SnapshotStore:
         return self.path(stream_id).is_file()
 
     def write(self, stream_id: str, state: dict[str, Any]) -> Path:
-        """Write a stream's state (``OnlineStream.state_dict()``) atomically; returns the file."""
+        """Write a stream's state (``Stream.snapshot_state()``, or an ``OnlineStream.state_dict()``)
+        atomically; returns the file."""
         from safetensors.torch import save_file
 
         target = self.path(stream_id)
         tensors, metadata = encode_state(state)
         metadata = {**metadata, "file_format": FILE_FORMAT, "stream_id": stream_id}
+        if "feedback" in state:  # a stream's label-feedback totals
+            metadata["feedback"] = json.dumps(state["feedback"], sort_keys=True)
         metadata["checksum"] = _checksum(tensors, metadata)
         with atomic_path(target) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -139,6 +143,8 @@ class SnapshotStore:
             if bad:
                 raise ValueError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
             state = decode_state(tensors, metadata)
+            if "feedback" in metadata:
+                state["feedback"] = FeedbackTotals.from_dict(json.loads(metadata["feedback"])).as_dict()
         except (ValueError, AdapterError, InvalidStreamIdError, OSError) as exc:
             self.quarantine(path, str(exc))
             raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc

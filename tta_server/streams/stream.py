@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from adapters.online import OnlineStream
+from tta_server.streams.feedback import FeedbackTotals
 
 
 class StepResult(NamedTuple):
@@ -53,11 +54,16 @@ class Stream:
     version: int = 0  # bumped by every change of state (steps, buffering, reset, restore)
     saved_version: int = -1  # the version the store holds
     deleted: bool = False  # set under the lock by delete: later work on this object must not write
+    feedback: FeedbackTotals = field(default_factory=FeedbackTotals)  # online error from label feedback
     # dynamic batching: requests waiting to be grouped into one step, and whether a drain runs
     queue: list[tuple[Tensor, asyncio.Future[StepResult]]] = field(default_factory=list)
     draining: bool = False
     drain_task: asyncio.Task[None] | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def snapshot_state(self) -> dict[str, Any]:
+        """What the snapshot store keeps: the online adapter's state and the feedback totals."""
+        return {**self.online.state_dict(), "feedback": self.feedback.as_dict()}
 
     @property
     def busy(self) -> bool:
