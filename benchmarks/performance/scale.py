@@ -7,8 +7,10 @@ woken again all the time. N streams then send ``requests`` raw-tensor requests o
 images each, round-robin (stream 0, 1, ..., N-1, then again), from ``clients`` concurrent
 connections: after the first round nearly every request wakes a spilled stream. Reported per
 (adapter, N): images/s, request latency p50/p99, spills and wakes, the mean spill and wake
-durations (the server's ``tta_stream_transfer_duration_seconds``), snapshot bytes on disk and the
-process' peak resident memory. Writes ``scale.json``, ``.md`` and ``scale.png``.
+durations (the server's ``tta_stream_transfer_duration_seconds``), the latency of a liveness probe
+sent every 50 ms meanwhile (p99 and max: how long the event loop was busy, spills and wakes
+included), snapshot bytes on disk and the process' peak resident memory. Writes ``scale.json``,
+``.md`` and ``scale.png``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def _metric_sums(text: str) -> dict[str, float]:
     return values
 
 
-async def _drive(url: str, images: np.ndarray, streams: int, requests: int, clients: int) -> tuple[float, list[float]]:
+async def _drive(
+    url: str, images: np.ndarray, streams: int, requests: int, clients: int
+) -> tuple[float, list[float], list[float]]:
+    """(seconds, request latencies, liveness-probe latencies)."""
     import httpx
 
     shape = ",".join(map(str, images.shape[1:]))
@@ -69,11 +74,22 @@ async def _drive(url: str, images: np.ndarray, streams: int, requests: int, clie
             response.raise_for_status()
             bar.update()
 
+    probes: list[float] = []
+
+    async def probe(http: httpx.AsyncClient) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            sent = time.perf_counter()
+            (await http.get(f"{url}/health/live")).raise_for_status()
+            probes.append(time.perf_counter() - sent)
+
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=600) as http:
+    async with httpx.AsyncClient(timeout=600) as http, httpx.AsyncClient(timeout=600) as prober:
+        probing = asyncio.create_task(probe(prober))
         await asyncio.gather(*(client(http) for _ in range(clients)))
+        probing.cancel()
     bar.close()
-    return time.perf_counter() - start, latencies
+    return time.perf_counter() - start, latencies, probes
 
 
 def run_point(adapter: str, streams: int, requests: int, batch_size: int, clients: int) -> dict[str, Any]:
@@ -106,7 +122,7 @@ def run_point(adapter: str, streams: int, requests: int, batch_size: int, client
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}"
         try:
-            seconds, latencies = asyncio.run(_drive(url, images, streams, requests, clients))
+            seconds, latencies, probes = asyncio.run(_drive(url, images, streams, requests, clients))
             metrics = _metric_sums(httpx.get(f"{url}/metrics").text)
         finally:
             server.should_exit = True
@@ -128,6 +144,8 @@ def run_point(adapter: str, streams: int, requests: int, batch_size: int, client
         "images_per_s": len(latencies) * batch_size / seconds,
         "latency_ms_p50": statistics.median(ms),
         "latency_ms_p99": float(np.percentile(ms, 99)),
+        "probe_ms_p99": float(np.percentile(probes, 99)) * 1000 if probes else None,
+        "probe_ms_max": max(probes) * 1000 if probes else None,
         "spills": metrics.get("tta_stream_spills_total", 0.0),
         "wakes": metrics.get("tta_stream_wakes_total", 0.0),
         "spill_ms_mean": mean_ms("spill"),
@@ -200,11 +218,26 @@ def write_scale_report(result: dict[str, Any], out_dir: Path) -> str:
         "Scale: N streams through the server under a memory budget that spills",
         f"`{result['command']}` — {requests} requests of {batch_size} images per stream, round-robin over the "
         f"streams from {clients} concurrent connections; budget = the states of N/4 streams + the working "
-        f"memory of {clients} steps; snapshots on the local disk; torch {torch.__version__}, "
+        f"memory of {clients} steps; snapshots on the local disk; probe: `GET /health/live` every 50 ms "
+        f"during the run; torch {torch.__version__}, "
         f"{result['threads']} threads. Spill and wake: mean durations from the server's histogram. Peak RSS: of "
         "the one process that runs every point in turn (server, client and model), so far.\n\n"
         "![scale](scale.png)",
-        ["adapter", "streams", "img/s", "p50", "p99", "spills", "wakes", "spill", "wake", "disk", "peak RSS so far"],
+        [
+            "adapter",
+            "streams",
+            "img/s",
+            "p50",
+            "p99",
+            "probe p99",
+            "probe max",
+            "spills",
+            "wakes",
+            "spill",
+            "wake",
+            "disk",
+            "peak RSS so far",
+        ],
         [
             [
                 r["adapter"],
@@ -212,6 +245,8 @@ def write_scale_report(result: dict[str, Any], out_dir: Path) -> str:
                 f"{r['images_per_s']:.0f}",
                 f"{r['latency_ms_p50']:.0f} ms",
                 f"{r['latency_ms_p99']:.0f} ms",
+                "-" if r.get("probe_ms_p99") is None else f"{r['probe_ms_p99']:.0f} ms",
+                "-" if r.get("probe_ms_max") is None else f"{r['probe_ms_max']:.0f} ms",
                 f"{r['spills']:.0f}",
                 f"{r['wakes']:.0f}",
                 "-" if r["spill_ms_mean"] is None else f"{r['spill_ms_mean']:.1f} ms",

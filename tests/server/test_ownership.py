@@ -86,7 +86,7 @@ def test_probing_unknown_ids_leaves_no_lease_files_and_owned_streams_are_still_r
             for i in range(10):
                 probe = f"probe-{i}"
                 with pytest.raises(UnknownStreamError):
-                    manager.get(probe)
+                    await manager.get(probe)
                 with pytest.raises(UnknownStreamError):
                     await manager.step(probe, image_batch(4))
                 with pytest.raises(UnknownStreamError):
@@ -96,8 +96,8 @@ def test_probing_unknown_ids_leaves_no_lease_files_and_owned_streams_are_still_r
             assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []
             Ownership(tmp_path, "b", ttl_s=60).acquire("cam")  # held by another replica, not yet written
             with pytest.raises(StreamOwnedError):
-                manager.get("cam")
-            manager.create("mine", "tent", {})
+                await manager.get("cam")
+            await manager.create("mine", "tent", {})
             assert manager.ownership is not None and manager.ownership.has_lease("mine")
         finally:
             manager.close()

@@ -20,7 +20,7 @@ from tests.conftest import image_batch
 from tests.helpers import png
 from tests.server_harness import running_server
 from tta_server import Settings
-from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
+from tta_server.streams import MemoryBudgetError, Persistence, SnapshotStore, StreamManager, StreamOptions
 from tta_server.streams.persistence import run_forever
 
 
@@ -213,7 +213,7 @@ def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path,
             store.path("stuck").mkdir()  # "stuck" (the least recently used) cannot be written
             # the budget arrives after the steps (no working-memory measurement needed): two streams fit
             manager.budget.budget_bytes = 2 * state + state // 2
-            manager.make_room(keep="busy")
+            await manager.make_room(keep="busy")
             assert set(manager.streams) == {"stuck", "busy"} and manager.spilled == {"idle"}
             assert manager.counters["spill_failures"] == 1
         finally:
@@ -243,6 +243,76 @@ def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_sourc
             failing[0] = False
             await persistence.snapshot_changed()
             assert manager.undeleted == set() and not store.exists("old")
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_spills_and_wakes_leave_the_event_loop_free_and_a_stream_in_transit_loses_nothing(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """On a slow disk (each snapshot write takes 1 s) the event loop keeps running while streams are
+    written and read; a request for the stream being written waits for it, wakes it and continues."""
+
+    async def main() -> None:
+        store = SnapshotStore(tmp_path)
+        write = store.write
+
+        def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
+            time.sleep(1.0)
+            return write(stream_id, state)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        gaps: list[float] = []
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.02)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+            online = manager.streams["a"].online
+            state = online.state_bytes()
+            need = (await manager.budget.estimate(online.adapter, tiny_source, manager.in_executor)).bytes_for(4)
+            manager.budget.budget_bytes = state + (need + state) + state // 2  # one stream and one step
+            ticker = asyncio.create_task(tick())
+            spilling = asyncio.create_task(manager.make_room(keep="b", extra_bytes=need + state))
+            await asyncio.sleep(0.3)
+            assert "a" not in manager.streams and "a" not in manager.spilled  # being written
+            result = await manager.step("a", image_batch(4, seed=1))  # waits, wakes "a" (spilling "b")
+            await spilling
+            ticker.cancel()
+            assert result.steps == 2 and manager.spilled == {"b"} and manager.counters["spills"] == 2
+            assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f} s"
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_wake_counts_the_snapshots_state_and_if_refused_the_stream_stays_spilled(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """A fresh adapter has no optimizer moments yet: a wake must reserve the size of the state it loads."""
+
+    async def main() -> None:
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), SnapshotStore(tmp_path))
+        try:
+            await manager.step("a", image_batch(4))
+            state = manager.streams["a"].online.state_bytes()
+            assert await manager.spill(manager.streams["a"])
+            manager.budget.budget_bytes = state // 2  # not even the stream's own state fits
+            with pytest.raises(MemoryBudgetError):
+                await manager.get("a")
+            assert manager.spilled == {"a"}  # still in the store, and known
+            manager.budget.budget_bytes = 10 * state
+            assert (await manager.get("a")).online.steps == 1
         finally:
             manager.close()
 

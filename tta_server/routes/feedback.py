@@ -36,7 +36,7 @@ async def feedback(
     request.state.stream_id = stream_id
     log = services.feedback
     log.check(stream_id, [(item.request_id, item.labels) for item in body.items])
-    stream = services.streams.get(stream_id)  # woken if spilled: its totals are in its state
+    stream = await services.streams.get(stream_id)  # woken if spilled: its totals are in its state
     for item in body.items:
         stream.feedback = log.resolve(stream_id, item.request_id, item.labels, stream.feedback)
     stream.version += 1  # the totals are part of the snapshot

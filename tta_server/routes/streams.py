@@ -110,7 +110,7 @@ async def create_stream(body: StreamCreate, manager: ManagerDep) -> StreamInfo:
             GuardConfig.model_validate(body.guard)
         except ValidationError as exc:
             raise ApiError(422, "invalid_guard", f"invalid guard config: {exc}") from exc
-    return _info(manager.create(body.stream_id, adapter, body.config, body.guard))
+    return _info(await manager.create(body.stream_id, adapter, body.config, body.guard))
 
 
 @router.get("/memory")
@@ -135,7 +135,7 @@ async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
 
 @router.get("/streams/{stream_id}")
 async def get_stream(services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
-    stream = services.streams.get(stream_id)
+    stream = await services.streams.get(stream_id)
     info = _info(stream)
     info.feedback = stream.feedback.report() if stream.feedback.images else {}
     return info
@@ -159,7 +159,7 @@ async def delete_stream(request: Request, services: ServicesDep, stream_id: str 
 async def snapshot_stream(manager: ManagerDep, persistence: PersistenceDep, stream_id: str = StreamId) -> SnapshotInfo:
     """Write the stream's state atomically to the snapshot store."""
     path = await persistence.snapshot(stream_id)
-    return SnapshotInfo(stream_id=stream_id, path=str(path), steps=manager.get(stream_id).online.steps)
+    return SnapshotInfo(stream_id=stream_id, path=str(path), steps=(await manager.get(stream_id)).online.steps)
 
 
 @router.post("/streams/{stream_id}/restore", dependencies=ADMIN)

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters import Adapter, SourceModel
@@ -87,7 +87,7 @@ class MemoryBudget:
         self.estimates[working_key(adapter)] = (adapter.name, config, estimate)
         return estimate
 
-    async def reserve(self, need: int, make_room: Callable[[int], None]) -> None:
+    async def reserve(self, need: int, make_room: Callable[[int], Awaitable[None]]) -> None:
         """Hold ``need`` bytes; ``make_room(extra)`` spills or raises :class:`MemoryBudgetError`."""
         if not self.enabled:
             return
@@ -96,7 +96,7 @@ class MemoryBudget:
         async with self._freed:
             while True:
                 try:
-                    make_room(self.in_flight_bytes + need)
+                    await make_room(self.in_flight_bytes + need)
                     break
                 except MemoryBudgetError:
                     remaining = deadline - loop.time()

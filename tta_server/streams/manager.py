@@ -71,6 +71,7 @@ class StreamManager(Residency):
         # called with (adapter, reason, action) for every guard action
         self.guard_observers: list[Callable[[str, str, str], None]] = []
         self.transfer_observers: list[Callable[[str, float], None]] = []  # (spill | wake, seconds)
+        self.transfers = asyncio.Lock()  # see tta_server.streams.residency
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
         create_adapter(options.default_adapter, source, options.default_config)
@@ -79,32 +80,56 @@ class StreamManager(Residency):
     def known(self, stream_id: str) -> bool:
         return stream_id in self.streams or stream_id in self.spilled
 
-    def get(self, stream_id: str) -> Stream:
+    async def get(self, stream_id: str) -> Stream:
         """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none."""
         validate_stream_id(stream_id)
         self.claim(stream_id)
         stream = self.streams.get(stream_id)
-        if stream is None and stream_id in self.spilled:
-            stream = self.wake(stream_id)
+        if stream is None:
+            async with self.transfers:
+                stream = self.streams.get(stream_id)
+                if stream is None and stream_id in self.spilled:
+                    stream = await self._wake(stream_id)
         if stream is None:
             if self.ownership is not None:  # nothing to own: do not keep renewing a lease for it
                 self.ownership.release(stream_id)
             raise UnknownStreamError(stream_id)
         return stream
 
-    def get_or_create(self, stream_id: str) -> Stream:
+    async def get_or_create(self, stream_id: str) -> Stream:
         self.claim(stream_id, creating=self.options.auto_create)
-        if self.known(stream_id) or not self.options.auto_create:
-            return self.get(stream_id)
-        return self.create(stream_id, self.options.default_adapter, self.options.default_config)
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            return stream
+        if not self.options.auto_create:
+            return await self.get(stream_id)
+        async with self.transfers:
+            if stream_id in self.streams:
+                return self.streams[stream_id]
+            if stream_id in self.spilled:
+                return await self._wake(stream_id)
+            return await self._create(stream_id, self.options.default_adapter, self.options.default_config)
 
-    def create(
+    async def create(
         self, stream_id: str, adapter: str, config: dict[str, Any], guard: dict[str, Any] | None = None
     ) -> Stream:
         """A new stream with its own adapter and guard (default: the server's); both configs are
         validated here."""
         validate_stream_id(stream_id)
         self.claim(stream_id, creating=True)
+        async with self.transfers:
+            return await self._create(stream_id, adapter, config, guard)
+
+    async def _create(
+        self,
+        stream_id: str,
+        adapter: str,
+        config: dict[str, Any],
+        guard: dict[str, Any] | None = None,
+        loading_bytes: int = 0,
+    ) -> Stream:
+        """``loading_bytes``: the size of a state about to be loaded into the new stream (a fresh
+        adapter's state lacks, e.g., its optimizer moments)."""
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
@@ -126,13 +151,25 @@ class StreamManager(Residency):
             options.dropout_estimate,
         )
         # a new stream's state counts before it is held, so the budget is never exceeded
-        self.make_room(keep=None, extra_bytes=self.budget.in_flight_bytes + online.state_bytes())
+        extra = self.budget.in_flight_bytes + max(online.state_bytes(), loading_bytes)
+        if not self.fits(extra):
+            await self._make_room(keep=None, extra_bytes=extra)
         stream = self.streams[stream_id] = Stream(stream_id, online)
         return stream
 
-    def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
+    async def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
+        """A stream from a snapshot's state, replacing a spilled copy (``StreamExistsError`` if the
+        stream is in memory)."""
+        async with self.transfers:
+            if stream_id in self.streams:
+                raise StreamExistsError(f"stream {stream_id!r} is in memory")
+            self.spilled.discard(stream_id)
+            return await self._create_from_state(stream_id, state)
+
+    async def _create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         try:
-            stream = self.create(stream_id, state["adapter"], state["config"], state.get("guard"))
+            loading = sum(t.numel() * t.element_size() for t in state["tensors"].values())
+            stream = await self._create(stream_id, state["adapter"], state["config"], state.get("guard"), loading)
         except (AdapterError, KeyError) as exc:  # an adapter or config this server does not know
             raise SnapshotError(f"snapshot of stream {stream_id!r} cannot be loaded here: {exc}") from exc
         try:
@@ -173,7 +210,7 @@ class StreamManager(Residency):
 
         With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
         await self.claim_waiting(stream_id, creating=self.options.auto_create)
-        stream = self.get_or_create(stream_id)
+        stream = await self.get_or_create(stream_id)
         delay_s = self.options.max_delay_ms / 1000
         if delay_s <= 0:
             return await self._step(stream, batch)
@@ -214,7 +251,7 @@ class StreamManager(Residency):
         online = stream.online
         headroom = self.budget.bytes_for(online.adapter, online.step_images(batch.shape[0])) + online.state_bytes()
         with contextlib.suppress(MemoryBudgetError):  # the answer is computed; the next step waits or is refused
-            self.make_room(keep=stream.stream_id, extra_bytes=self.budget.in_flight_bytes + headroom)
+            await self.make_room(keep=stream.stream_id, extra_bytes=self.budget.in_flight_bytes + headroom)
         return result
 
     async def reset(self, stream_id: str) -> Stream:
@@ -226,20 +263,27 @@ class StreamManager(Residency):
             stream.version += 1
             return stream
 
-        return await self.run(self.get(stream_id), work)
+        return await self.run(await self.get(stream_id), work)
 
     async def delete(self, stream_id: str) -> None:
         """Forget the stream and its snapshot, after its in-flight requests."""
         await self.claim_waiting(stream_id)
-        stream = self.streams.get(stream_id)
-        if stream is None:
-            if stream_id not in self.spilled:
-                raise UnknownStreamError(stream_id)
-            self.spilled.discard(stream_id)
-        else:
-            async with stream.lock:
-                stream.deleted = True
-                self.streams.pop(stream_id, None)
+        while True:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                async with stream.lock:
+                    if self.streams.get(stream_id) is stream:
+                        stream.deleted = True
+                        self.streams.pop(stream_id)
+                        break
+                continue  # it left memory while its earlier work ran
+            async with self.transfers:  # not in the middle of a spill or wake
+                if stream_id in self.streams:
+                    continue
+                if stream_id not in self.spilled:
+                    raise UnknownStreamError(stream_id)
+                self.spilled.discard(stream_id)
+                break
         self.forget_snapshot(stream_id)
 
     def forget_snapshot(self, stream_id: str) -> None:

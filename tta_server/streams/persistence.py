@@ -9,6 +9,7 @@ then stops routing new traffic to this replica).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters import AdapterError, get_adapter_class
-from tta_server.streams.errors import LostOwnershipError, SnapshotError, UnknownStreamError
+from tta_server.streams.errors import LostOwnershipError, SnapshotError, StreamExistsError, UnknownStreamError
 from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.store import SnapshotStore
@@ -60,15 +61,15 @@ class Persistence:
             stream.saved_version = version
             return path
 
-        return await manager.run(manager.get(stream_id), work)
+        return await manager.run(await manager.get(stream_id), work)
 
     async def restore(self, stream_id: str) -> Stream:
         """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
         manager = self.manager
-        state = self.store.read(stream_id)
+        state = await asyncio.to_thread(self.store.read, stream_id)
         if stream_id not in manager.streams:
-            manager.spilled.discard(stream_id)
-            return manager.create_from_state(stream_id, state)
+            with contextlib.suppress(StreamExistsError):  # woken meanwhile: load into it below
+                return await manager.create_from_state(stream_id, state)
 
         def work(stream: Stream) -> Stream:
             try:
@@ -79,7 +80,7 @@ class Persistence:
             stream.version += 1
             return stream
 
-        return await manager.run(manager.streams[stream_id], work)
+        return await manager.run(await manager.get(stream_id), work)
 
     def restore_all(self) -> list[str]:
         """At start-up: every valid snapshot becomes a spilled stream, woken by its first request.
@@ -148,13 +149,13 @@ class Persistence:
             logger.error("shutdown: %d stream(s) not snapshotted: %s", len(failures), ", ".join(sorted(failures)))
         return failures
 
-    def expire_idle(self, idle_s: float) -> list[str]:
+    async def expire_idle(self, idle_s: float) -> list[str]:
         """Streams unused for ``idle_s`` leave memory, to the store (they wake on their next request,
         on whichever replica: with ownership their leases are released)."""
         now, expired = time.time(), []
         ownership = self.manager.ownership
         for stream in list(self.manager.streams.values()):
-            if now - stream.last_used_at >= idle_s and not stream.busy and self.manager.spill(stream):
+            if now - stream.last_used_at >= idle_s and not stream.busy and await self.manager.spill(stream):
                 expired.append(stream.stream_id)
                 if ownership is not None:
                     self.manager.spilled.discard(stream.stream_id)
