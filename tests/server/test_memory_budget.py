@@ -135,8 +135,8 @@ def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budge
         manager = StreamManager(source, options, SnapshotStore(tmp_path))
         reserve = manager.budget.reserve
 
-        async def recording(need: int, make_room: Callable[[int], Awaitable[None]]) -> None:
-            await reserve(need, make_room)
+        async def recording(need: int, used: Callable[[], int], make_room: Callable[[int], Awaitable[None]]) -> None:
+            await reserve(need, used, make_room)
             peaks["total"] = max(peaks["total"], manager.state_total() + manager.budget.in_flight_bytes)
             peaks["in_flight"] = max(peaks["in_flight"], manager.budget.in_flight_bytes)
 

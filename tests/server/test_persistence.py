@@ -317,3 +317,37 @@ def test_a_wake_counts_the_snapshots_state_and_if_refused_the_stream_stays_spill
             manager.close()
 
     asyncio.run(main())
+
+
+def test_a_wake_waits_for_a_running_step_to_free_the_room_instead_of_failing(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    async def main() -> None:
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), SnapshotStore(tmp_path))
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+            online = manager.streams["b"].online
+            state = online.state_bytes()
+            need = (await manager.budget.estimate(online.adapter, tiny_source, manager.in_executor)).bytes_for(4)
+            assert await manager.spill(manager.streams["a"])
+            # both states fit, but not beside b's running step
+            manager.budget.budget_bytes = 2 * state + (need + state) - 1
+            step = online.step
+
+            def slow_step(batch: torch.Tensor) -> torch.Tensor:
+                time.sleep(0.5)  # a long step: its working memory is held meanwhile
+                return step(batch)
+
+            online.step = slow_step  # type: ignore[method-assign]
+            running = asyncio.create_task(manager.step("b", image_batch(4, seed=1)))
+            await asyncio.sleep(0.1)
+            assert manager.budget.in_flight_bytes > 0
+            woken = await manager.step("a", image_batch(4, seed=2))  # waits for b's step, then wakes a
+            assert woken.steps == 2 and (await running).steps == 2
+            assert manager.counters["refused_memory_budget"] == 0
+            assert manager.state_total() + manager.budget.in_flight_bytes <= manager.budget.budget_bytes
+        finally:
+            manager.close()
+
+    asyncio.run(main())

@@ -1,9 +1,10 @@
 """The memory budget's arithmetic: reservations for running steps and per-adapter estimates.
 
 Stream states plus the working memory of running and starting steps must fit
-``budget_bytes``. A step reserves its estimate before it runs (``reserve``), waiting while other
-running steps hold what is missing and failing with :class:`MemoryBudgetError` once nothing can
-free it in time; the manager's ``make_room`` spills idle streams to get there.
+``budget_bytes``. A step reserves its estimate before it runs (``reserve``), and a new or woken
+stream its state before it is held (``fit``): both wait while running steps hold what is missing
+and fail with :class:`MemoryBudgetError` once nothing can free it in time; the manager's
+``make_room`` spills idle streams to get there.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class MemoryBudget:
         self.budget_bytes = budget_bytes
         self.wait_s = wait_s
         self.in_flight_bytes = 0
-        self._freed = asyncio.Condition()
+        self._freed = asyncio.Condition()  # notified on every release (estimates wait for no step in flight)
+        self._released: asyncio.Future[None] | None = None
         self._measuring = asyncio.Lock()
         # per adapter + config: (adapter name, config, estimate), measured on first use
         self.estimates: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
@@ -87,30 +89,55 @@ class MemoryBudget:
         self.estimates[working_key(adapter)] = (adapter.name, config, estimate)
         return estimate
 
-    async def reserve(self, need: int, make_room: Callable[[int], Awaitable[None]]) -> None:
-        """Hold ``need`` bytes; ``make_room(extra)`` spills or raises :class:`MemoryBudgetError`."""
-        if not self.enabled:
+    async def fit(self, extra: int, used: Callable[[], int], make_room: Callable[[int], Awaitable[None]]) -> None:
+        """Return once states (``used()``), reservations and ``extra`` bytes fit, in the same event
+        loop turn as the check, so the caller can take the room before anything else runs.
+        ``make_room(in flight + extra)`` spills or raises :class:`MemoryBudgetError`; then this waits
+        for running steps to release their reservations, up to ``wait_s``, and raises once nothing
+        can free the room in time."""
+        if self.budget_bytes is None:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        async with self._freed:
-            while True:
-                try:
-                    await make_room(self.in_flight_bytes + need)
-                    break
-                except MemoryBudgetError:
-                    remaining = deadline - loop.time()
-                    if self.in_flight_bytes == 0 or remaining <= 0:
-                        raise  # nothing will free memory in time
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._freed.wait(), remaining)
-            self.in_flight_bytes += need
+        while True:
+            released = self._next_release(loop)
+            if used() + self.in_flight_bytes + extra <= self.budget_bytes:
+                return
+            try:
+                await make_room(self.in_flight_bytes + extra)
+                continue  # check again: others may have taken the room meanwhile
+            except MemoryBudgetError:
+                remaining = deadline - loop.time()
+                if self.in_flight_bytes == 0 or remaining <= 0:
+                    raise  # nothing will free memory in time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(released), remaining)
+
+    async def reserve(self, need: int, used: Callable[[], int], make_room: Callable[[int], Awaitable[None]]) -> None:
+        """Hold ``need`` bytes for a step (see :meth:`fit`); a step waits while an estimate is measured."""
+        if not self.enabled:
+            return
+        while True:
+            await self.fit(need, used, make_room)
+            if not self._measuring.locked():
+                break
+            async with self._measuring:  # the profiler sees the whole process: no step may start now
+                pass
+        self.in_flight_bytes += need
+
+    def _next_release(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """Resolved by the next :meth:`release` (taken before a check, so none is missed)."""
+        if self._released is None or self._released.done() or self._released.get_loop() is not loop:
+            self._released = loop.create_future()
+        return self._released
 
     async def release(self, need: int) -> None:
         if not self.enabled:
             return
+        self.in_flight_bytes -= need
+        if self._released is not None and not self._released.done():
+            self._released.set_result(None)
         async with self._freed:
-            self.in_flight_bytes -= need
             self._freed.notify_all()
 
     def report_with(self, state_bytes: int, in_memory: int, spilled: int) -> dict[str, Any]:

@@ -150,10 +150,10 @@ class StreamManager(Residency):
             guard_config,
             options.dropout_estimate,
         )
-        # a new stream's state counts before it is held, so the budget is never exceeded
-        extra = self.budget.in_flight_bytes + max(online.state_bytes(), loading_bytes)
-        if not self.fits(extra):
-            await self._make_room(keep=None, extra_bytes=extra)
+        # a new stream's state counts before it is held, so the budget is never exceeded; with
+        # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
+        need = max(online.state_bytes(), loading_bytes)
+        await self.budget.fit(need, self.state_total, lambda extra: self._make_room(None, extra))
         stream = self.streams[stream_id] = Stream(stream_id, online)
         return stream
 
@@ -193,7 +193,7 @@ class StreamManager(Residency):
                 estimate = await self.budget.estimate(stream.online.adapter, self.source, self.in_executor)
                 need = estimate.bytes_for(stream.online.step_images(images)) + stream.online.state_bytes()
             try:
-                await self.budget.reserve(need, lambda extra: self.make_room(stream.stream_id, extra))
+                await self.budget.reserve(need, self.state_total, lambda extra: self.make_room(stream.stream_id, extra))
             except MemoryBudgetError:
                 self.counters["refused_memory_budget"] += 1
                 raise
