@@ -351,3 +351,31 @@ def test_a_wake_waits_for_a_running_step_to_free_the_room_instead_of_failing(
             manager.close()
 
     asyncio.run(main())
+
+
+def test_a_spill_cancelled_mid_write_keeps_the_stream_in_memory(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Shutdown cancels the idle-expiry task, possibly in the middle of a spill: the stream must stay
+    where the shutdown snapshot finds it, not vanish from the manager."""
+
+    async def main() -> None:
+        store = SnapshotStore(tmp_path)
+        write = store.write
+
+        def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
+            time.sleep(0.5)
+            return write(stream_id, state)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        try:
+            await manager.step("a", image_batch(4))
+            spilling = asyncio.create_task(manager.spill(manager.streams["a"]))
+            await asyncio.sleep(0.1)
+            spilling.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await spilling
+            assert "a" in manager.streams and (await manager.get("a")).online.steps == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())

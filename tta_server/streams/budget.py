@@ -108,6 +108,8 @@ class MemoryBudget:
                 continue  # check again: others may have taken the room meanwhile
             except MemoryBudgetError:
                 remaining = deadline - loop.time()
+                if released.done() and remaining > 0:
+                    continue  # a step finished while room was being made: check again with what it freed
                 if self.in_flight_bytes == 0 or remaining <= 0:
                     raise  # nothing will free memory in time
             with contextlib.suppress(TimeoutError):

@@ -126,23 +126,35 @@ class StreamManager(Residency):
         adapter: str,
         config: dict[str, Any],
         guard: dict[str, Any] | None = None,
-        loading_bytes: int = 0,
+        state: dict[str, Any] | None = None,
     ) -> Stream:
-        """``loading_bytes``: the size of a state about to be loaded into the new stream (a fresh
-        adapter's state lacks, e.g., its optimizer moments)."""
+        """A new stream, ``transfers`` held; with ``state`` (a snapshot's) it is loaded before it is held."""
         if self.known(stream_id):
             raise StreamExistsError(f"stream {stream_id!r} exists; reset or delete it first")
         if len(self.streams) >= self.options.max_streams:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
+        online = await asyncio.to_thread(self._build, adapter, config, guard, state)
+        # a new stream's state counts before it is held, so the budget is never exceeded; with
+        # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
+        await self.budget.fit(online.state_bytes(), self.state_total, lambda extra: self._make_room(None, extra))
+        stream = self.streams[stream_id] = Stream(stream_id, online)
+        if state is not None:
+            stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
+        return stream
+
+    def _build(
+        self, adapter: str, config: dict[str, Any], guard: dict[str, Any] | None, state: dict[str, Any] | None
+    ) -> OnlineStream:
+        """The online adapter, loaded from ``state`` if given; on a worker thread (a CoTTA stream
+        copies the model three times)."""
         try:
             guard_config = GuardConfig.model_validate(self.options.guard if guard is None else guard)
         except ValidationError as exc:
             raise AdapterError(f"invalid guard config: {exc}") from exc
-        adapted = create_adapter(adapter, self.source, config)
         options = self.options
         online = OnlineStream(
-            adapted,
+            create_adapter(adapter, self.source, config),
             options.min_adapt_batch,
             self.frozen,
             options.source_signals,
@@ -150,12 +162,9 @@ class StreamManager(Residency):
             guard_config,
             options.dropout_estimate,
         )
-        # a new stream's state counts before it is held, so the budget is never exceeded; with
-        # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
-        need = max(online.state_bytes(), loading_bytes)
-        await self.budget.fit(need, self.state_total, lambda extra: self._make_room(None, extra))
-        stream = self.streams[stream_id] = Stream(stream_id, online)
-        return stream
+        if state is not None:
+            online.load_state_dict(state)
+        return online
 
     async def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         """A stream from a snapshot's state, replacing a spilled copy (``StreamExistsError`` if the
@@ -168,17 +177,9 @@ class StreamManager(Residency):
 
     async def _create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         try:
-            loading = sum(t.numel() * t.element_size() for t in state["tensors"].values())
-            stream = await self._create(stream_id, state["adapter"], state["config"], state.get("guard"), loading)
-        except (AdapterError, KeyError) as exc:  # an adapter or config this server does not know
-            raise SnapshotError(f"snapshot of stream {stream_id!r} cannot be loaded here: {exc}") from exc
-        try:
-            stream.online.load_state_dict(state)
-        except (AdapterError, ValueError, KeyError) as exc:
-            self.streams.pop(stream_id, None)
+            return await self._create(stream_id, state["adapter"], state["config"], state.get("guard"), state)
+        except (AdapterError, ValueError, KeyError) as exc:  # an adapter, config or shape this server lacks
             raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit this server: {exc}") from exc
-        stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
-        return stream
 
     # -- work on a stream -------------------------------------------------------------------------
     async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:

@@ -88,6 +88,9 @@ class Residency(Claims):
             self.counters["spill_failures"] += 1
             logger.error("stream %s: spill failed, kept in memory: %s", stream_id, exc)
             return False
+        except asyncio.CancelledError:  # shutdown: keep it where the shutdown snapshot finds it
+            self.streams[stream_id] = stream
+            raise
         self.spilled.add(stream_id)
         self.counters["spills"] += 1
         self._observe_transfer("spill", started)
@@ -105,8 +108,8 @@ class Residency(Claims):
         self.spilled.discard(stream_id)
         try:
             stream = await self._create_from_state(stream_id, state)
-        except StreamLimitError:  # MemoryBudgetError included
-            self.spilled.add(stream_id)  # no room now; it stays in the store
+        except (StreamLimitError, asyncio.CancelledError):  # no room now (MemoryBudgetError included)
+            self.spilled.add(stream_id)  # it stays in the store
             raise
         stream.saved_version = stream.version
         self.counters["wakes"] += 1
