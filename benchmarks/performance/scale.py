@@ -7,10 +7,9 @@ woken again all the time. N streams then send ``requests`` raw-tensor requests o
 images each, round-robin (stream 0, 1, ..., N-1, then again), from ``clients`` concurrent
 connections: after the first round nearly every request wakes a spilled stream. Reported per
 (adapter, N): images/s, request latency p50/p99, spills and wakes, the mean spill and wake
-durations (the server's ``tta_stream_transfer_duration_seconds``), the latency of a liveness probe
-sent every 50 ms meanwhile (p99 and max: how long the event loop was busy, spills and wakes
-included), snapshot bytes on disk and the process' peak resident memory. Writes ``scale.json``,
-``.md`` and ``scale.png``.
+durations (the server's ``tta_stream_transfer_duration_seconds``), a liveness probe's latency every
+50 ms (p99, max: how long the event loop is busy), snapshot bytes on disk and the process' peak
+resident memory. Writes ``scale.json``, ``.md`` and ``scale.png``.
 """
 
 from __future__ import annotations
@@ -206,6 +205,12 @@ def run_scale(points: dict[str, list[int]], requests: int, batch_size: int, clie
     return write_scale_report(result, out_dir)
 
 
+COLUMNS = [
+    *("adapter", "streams", "img/s", "p50", "p99", "probe p99", "probe max"),
+    *("spills", "wakes", "spill", "wake", "disk", "peak RSS so far"),
+]
+
+
 def write_scale_report(result: dict[str, Any], out_dir: Path) -> str:
     """``scale.json``, ``scale.md`` and ``scale.png`` from a result (re-renderable from the JSON)."""
     rows, requests, batch_size, clients = (result[k] for k in ("rows", "requests_per_stream", "batch_size", "clients"))
@@ -223,21 +228,7 @@ def write_scale_report(result: dict[str, Any], out_dir: Path) -> str:
         f"{result['threads']} threads. Spill and wake: mean durations from the server's histogram. Peak RSS: of "
         "the one process that runs every point in turn (server, client and model), so far.\n\n"
         "![scale](scale.png)",
-        [
-            "adapter",
-            "streams",
-            "img/s",
-            "p50",
-            "p99",
-            "probe p99",
-            "probe max",
-            "spills",
-            "wakes",
-            "spill",
-            "wake",
-            "disk",
-            "peak RSS so far",
-        ],
+        COLUMNS,
         [
             [
                 r["adapter"],

@@ -249,6 +249,19 @@ def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_sourc
     asyncio.run(main())
 
 
+def slow_store(directory: Path, seconds: float) -> SnapshotStore:
+    """A store on a slow disk: every snapshot write takes ``seconds`` longer."""
+    store = SnapshotStore(directory)
+    write = store.write
+
+    def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
+        time.sleep(seconds)
+        return write(stream_id, state)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    return store
+
+
 def test_spills_and_wakes_leave_the_event_loop_free_and_a_stream_in_transit_loses_nothing(
     tmp_path: Path, tiny_source: SourceModel
 ) -> None:
@@ -256,15 +269,9 @@ def test_spills_and_wakes_leave_the_event_loop_free_and_a_stream_in_transit_lose
     written and read; a request for the stream being written waits for it, wakes it and continues."""
 
     async def main() -> None:
-        store = SnapshotStore(tmp_path)
-        write = store.write
-
-        def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
-            time.sleep(1.0)
-            return write(stream_id, state)
-
-        store.write = slow_write  # type: ignore[method-assign]
-        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        manager = StreamManager(
+            tiny_source, StreamOptions(min_adapt_batch=4, workers=1), slow_store(tmp_path, seconds=1.0)
+        )
         gaps: list[float] = []
 
         async def tick() -> None:
@@ -358,15 +365,9 @@ def test_a_spill_cancelled_mid_write_keeps_the_stream_in_memory(tmp_path: Path, 
     where the shutdown snapshot finds it, not vanish from the manager."""
 
     async def main() -> None:
-        store = SnapshotStore(tmp_path)
-        write = store.write
-
-        def slow_write(stream_id: str, state: dict[str, Any]) -> Path:
-            time.sleep(0.5)
-            return write(stream_id, state)
-
-        store.write = slow_write  # type: ignore[method-assign]
-        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        manager = StreamManager(
+            tiny_source, StreamOptions(min_adapt_batch=4, workers=1), slow_store(tmp_path, seconds=0.5)
+        )
         try:
             await manager.step("a", image_batch(4))
             spilling = asyncio.create_task(manager.spill(manager.streams["a"]))
