@@ -20,7 +20,14 @@ from tests.conftest import image_batch
 from tests.helpers import png
 from tests.server_harness import running_server
 from tta_server import Settings
-from tta_server.streams import MemoryBudgetError, Persistence, SnapshotStore, StreamManager, StreamOptions
+from tta_server.streams import (
+    MemoryBudgetError,
+    Persistence,
+    SnapshotStore,
+    StreamManager,
+    StreamOptions,
+    UnknownStreamError,
+)
 from tta_server.streams.persistence import run_forever
 
 
@@ -376,6 +383,25 @@ def test_a_spill_cancelled_mid_write_keeps_the_stream_in_memory(tmp_path: Path, 
             with pytest.raises(asyncio.CancelledError):
                 await spilling
             assert "a" in manager.streams and (await manager.get("a")).online.steps == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_delete_racing_a_spill_waits_for_it_and_nothing_comes_back(tmp_path: Path, tiny_source: SourceModel) -> None:
+    async def main() -> None:
+        store = slow_store(tmp_path, seconds=0.5)
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), store)
+        try:
+            await manager.step("a", image_batch(4))
+            spilling = asyncio.create_task(manager.spill(manager.streams["a"]))
+            await asyncio.sleep(0.1)  # "a" is being written: neither in memory nor spilled
+            await manager.delete("a")
+            assert await spilling
+            assert not manager.known("a") and not store.exists("a")
+            with pytest.raises(UnknownStreamError):
+                await manager.get("a")
         finally:
             manager.close()
 
