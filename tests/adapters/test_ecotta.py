@@ -33,7 +33,7 @@ def test_ecotta_starts_from_the_warmed_meta_networks_and_trains_only_them(tiny_s
 
 
 def test_source_aligned_init_makes_the_meta_networks_the_identity_on_source_batches(tiny_source: SourceModel) -> None:
-    from adapters.methods.ecotta import EcottaNetwork, build_meta_networks, source_aligned_init
+    from adapters.models.ecotta_network import EcottaNetwork, build_meta_networks, source_aligned_init
 
     frozen = shared_view(tiny_source.module)
     use_test_batch_statistics(frozen)
