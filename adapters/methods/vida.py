@@ -20,13 +20,13 @@ from adapters.blocks import (
     ema_update,
     make_optimizer,
     own_parameters,
-    replace_modules,
     shared_view,
     soft_cross_entropy,
     symmetric_cross_entropy,
     use_test_batch_statistics,
 )
 from adapters.errors import AdapterError
+from adapters.models.vida_layers import inject
 from adapters.source_model import NormalizedModel, SourceModel
 
 WARMUP = "vida_warmup"
@@ -61,78 +61,6 @@ class VidaConfig(AdapterConfig):
     loss: Literal["ce", "sce"] = Field("ce", description="ce for CIFAR, symmetric ce for ImageNet")
     warmup: bool = Field(True, description="start from the warm-up artefact (built for the default layers)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-
-
-class VidaLayer(nn.Module):
-    """y = layer(x) + lambda_low * up_low(down_low(x)) + lambda_high * up_high(down_high(x)).
-
-    The branches are 1x1 convolutions (linear maps for a Linear layer) of rank ``low`` and width
-    ``high``; the down maps start N(0, 1/r^2), the up maps at zero, so the layer starts as the
-    frozen one. The lambdas are scalars or per-image (N, 1, 1, 1) tensors set by the adapter.
-    """
-
-    def __init__(self, layer: nn.Module, low: int, high: int, generator: torch.Generator) -> None:
-        super().__init__()
-        self.layer = layer
-        if isinstance(layer, nn.Conv2d):
-            if layer.stride != (1, 1):
-                raise AdapterError("vida's 1x1 branches need stride-1 convolutions")
-            c_in, c_out = layer.in_channels, layer.out_channels
-
-            def make(a: int, b: int) -> nn.Module:
-                return nn.Conv2d(a, b, 1, bias=False)
-        elif isinstance(layer, nn.Linear):
-            c_in, c_out = layer.in_features, layer.out_features
-
-            def make(a: int, b: int) -> nn.Module:
-                return nn.Linear(a, b, bias=False)
-        else:
-            raise AdapterError(f"vida injects into Conv2d or Linear layers, not {type(layer).__name__}")
-        device = next(layer.parameters()).device
-        self.down_low, self.up_low = make(c_in, low).to(device), make(low, c_out).to(device)
-        self.down_high, self.up_high = make(c_in, high).to(device), make(high, c_out).to(device)
-        with torch.no_grad():
-            for down, rank in ((self.down_low, low), (self.down_high, high)):
-                weight: Tensor = down.weight  # type: ignore[assignment]
-                weight.copy_(torch.randn(tuple(weight.shape), generator=generator) / rank**2)
-            for up in (self.up_low, self.up_high):
-                zero: Tensor = up.weight  # type: ignore[assignment]
-                nn.init.zeros_(zero)
-        self.scale_low: Tensor | float = 1.0
-        self.scale_high: Tensor | float = 1.0
-
-    def forward(self, x: Tensor) -> Tensor:
-        out: Tensor = self.layer(x)
-        low = self.up_low(self.down_low(x))
-        high = self.up_high(self.down_high(x))
-        mixed: Tensor = out + _fit(self.scale_low, out) * low + _fit(self.scale_high, out) * high
-        return mixed
-
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        return [m.weight for m in (self.down_low, self.up_low, self.down_high, self.up_high)]  # type: ignore[misc]
-
-
-def _fit(scale: Tensor | float, like: Tensor) -> Tensor | float:
-    """A per-image scale (N,) broadcast over the layer output's trailing dimensions."""
-    if isinstance(scale, Tensor) and scale.dim() == 1:
-        return scale.view(-1, *([1] * (like.dim() - 1)))
-    return scale
-
-
-def inject(view: nn.Module, layers: tuple[str, ...], config: VidaConfig, generator: torch.Generator) -> list[VidaLayer]:
-    """Wrap the named layers of ``view`` (a structural copy) in ViDA layers, in ``layers`` order."""
-    modules = dict(view.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        raise AdapterError(f"vida layers {missing} not found in the model; e.g. {list(modules)[1:6]}")
-    wrapped: dict[int, VidaLayer] = {}
-    for name in layers:
-        layer = modules[name]
-        width = layer.out_channels if isinstance(layer, nn.Conv2d) else getattr(layer, "out_features", 0)
-        high = max(int(config.high_rank_factor * width), width + 1)
-        wrapped[id(layer)] = VidaLayer(layer, config.low_rank, high, generator)
-    replace_modules(view, lambda m: id(m) in wrapped, lambda m: wrapped[id(m)])
-    return [wrapped[id(modules[name])] for name in layers]
 
 
 @register_adapter("vida")
@@ -184,8 +112,9 @@ class VidaAdapter(RoleStateAdapter):
         self.teacher = shared_view(self.source.module)
         for view in (self.student, self.teacher):
             use_test_batch_statistics(view)
-        self.student_layers = inject(self.student, config.layers, config, self.generator)
-        self.teacher_layers = inject(self.teacher, config.layers, config, torch.Generator().manual_seed(0))
+        ranks = (config.low_rank, config.high_rank_factor)
+        self.student_layers = inject(self.student, config.layers, *ranks, self.generator)
+        self.teacher_layers = inject(self.teacher, config.layers, *ranks, torch.Generator().manual_seed(0))
         self.student_adapters = [p for layer in self.student_layers for p in layer.adapter_parameters()]
         self.teacher_adapters = [p for layer in self.teacher_layers for p in layer.adapter_parameters()]
         warm = self.artefacts.get(WARMUP, {})
@@ -295,7 +224,7 @@ def build_warmup(
     config = VidaConfig()
     view = shared_view(source.module)
     use_test_batch_statistics(view)
-    layers = inject(view, config.layers, config, torch.Generator().manual_seed(0))
+    layers = inject(view, config.layers, config.low_rank, config.high_rank_factor, torch.Generator().manual_seed(0))
     params = [p for layer in layers for p in layer.adapter_parameters()]
     optimizer = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(0)
