@@ -40,8 +40,6 @@ from torch import Tensor
 from adapters.blocks.signals import SIGNALS, ratios
 from adapters.guard_config import ACTIONS, REASONS, GuardConfig, Policy, Threshold
 
-__all__ = ["ACTIONS", "REASONS", "Decision", "Guard", "GuardConfig", "Policy", "Threshold"]
-
 PREFIX = "guard."
 GOOD_PREFIX = "guard.good."
 

@@ -32,7 +32,8 @@ from adapters.base import Adapter
 from adapters.blocks.bn_shift import batchnorm_probe
 from adapters.blocks.signals import step_sums
 from adapters.errors import AdapterError
-from adapters.guard import Decision, Guard, GuardConfig
+from adapters.guard import Decision, Guard
+from adapters.guard_config import GuardConfig
 from adapters.model_signals import atc_threshold_of, model_signals
 from adapters.signal_windows import SignalWindows
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from adapters.blocks.signals import ratios
-from adapters.guard import REASONS
+from adapters.guard_config import REASONS
 
 if TYPE_CHECKING:
     from tta_server.deps import Services

@@ -14,7 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from adapters.guard import GuardConfig
+from adapters.guard_config import GuardConfig
 from adapters.models.zoo import BUNDLED_MODEL
 from tta_server.streams.ids import validate_stream_id
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from adapters import SourceModel, create_adapter, get_frozen_forward
-from adapters.guard import GuardConfig
+from adapters.guard_config import GuardConfig
 from adapters.online import OnlineStream
 
 

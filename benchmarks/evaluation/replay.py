@@ -48,7 +48,7 @@ class ReplayConfig(BaseModel):
     )
     guard: dict[str, Any] | None = Field(
         None,
-        description="the stream's collapse guard (adapters.guard.GuardConfig); source_signals where it reads them",
+        description="the collapse guard (adapters.guard_config.GuardConfig); source_signals where it reads them",
     )
     window_steps: int = Field(20, ge=1, description="steps per signal window (the server's signal_window_steps)")
     dropout_estimate: bool = Field(False, description="the dropout-disagreement accuracy estimate per step")

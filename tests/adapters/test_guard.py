@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
 from adapters.blocks.bn_shift import batchnorm_probe
 from adapters.blocks.signals import step_sums
-from adapters.guard import Guard, GuardConfig
+from adapters.guard import Guard
+from adapters.guard_config import GuardConfig
 from adapters.online import DivergenceError, OnlineStream
 from adapters.signal_windows import SignalWindows
 from adapters.state_io import decode_state, encode_state

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
-from adapters.guard import GuardConfig
+from adapters.guard_config import GuardConfig
 from tta_server.auth import ADMIN, API
 from tta_server.codec.errors import ApiError
 from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep

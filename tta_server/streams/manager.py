@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from torch import Tensor
 
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
-from adapters.guard import GuardConfig
+from adapters.guard_config import GuardConfig
 from adapters.online import DivergenceError, OnlineStream
 from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
