@@ -138,12 +138,13 @@ class Adapter(ABC):
         return self.feature_capture.take() if self.feature_capture is not None else None
 
     def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
-        """The adapted parameters and the source tensors they started from (none: not measured)."""
+        """The adapted parameters and the tensors they started from, which a reset restores: the
+        source's, or an adapter's own start such as a warm-up (none: not measured)."""
         return [], []
 
     def parameter_distance(self) -> float | None:
-        """Relative L2 distance of the adapted parameters from the source's: ||theta - theta_0|| /
-        ||theta_0|| (drift of the model itself; None where the adapter trains no source parameter)."""
+        """Relative L2 distance of the adapted parameters from where they started: ||theta - theta_0||
+        / ||theta_0|| (drift of the model itself; None where nothing is trained or the start is zero)."""
         adapted, source = self._parameter_pairs()
         if not adapted:
             return None

@@ -76,7 +76,8 @@ class EcottaAdapter(RoleStateAdapter):
     accurate one (CIFAR-10-C severity 5: 21.2 % vs 21.7 %, norm 21.8 %;
     benchmarks/results/ecotta_severity3_validation.md).
 
-    Per-stream state: meta network parameters and their momentum buffers.
+    Per-stream state: meta network parameters and their momentum buffers. Its
+    ``parameter_distance`` is measured from the warm-up, where a stream starts and a reset returns.
 
     Deviations: no official code exists (this follows the paper's appendix); 1x1 meta
     convolutions by default (3x3 in the community code) so that the per-stream state stays under
@@ -106,10 +107,13 @@ class EcottaAdapter(RoleStateAdapter):
         use_test_batch_statistics(frozen)
         metas = build_meta_networks(frozen.net, self.config.partitions, self.config.kernel_size)
         use_test_batch_statistics(metas)
-        metas.load_state_dict(_meta_state(self.artefacts[warmup_name(self.config.partitions, self.config.kernel_size)]))
+        start = _meta_state(self.artefacts[warmup_name(self.config.partitions, self.config.kernel_size)])
+        metas.load_state_dict(start)
         metas.to(next(self.source.module.parameters()).device)
         self.model = EcottaNetwork(frozen, metas, self.config.partitions, self.config.backprop_frozen)
         self.meta_params = list(metas.parameters())
+        # The warm-up is where a stream starts and a reset returns (the artefact's own tensors on a CPU).
+        self.meta_start = [start[name].to(p.device) for (name, p) in metas.named_parameters()]
         self.optimizer = make_optimizer(self.meta_params, self.config.optimizer)
         self.margin = self.config.entropy_margin * math.log(len(self.source.class_names))
         self._signals = {"kept_fraction": float("nan"), "regulariser": float("nan")}
@@ -136,6 +140,9 @@ class EcottaAdapter(RoleStateAdapter):
 
     def _roles(self) -> dict[str, list[Tensor]]:
         return {"meta": list(self.meta_params)}
+
+    def _parameter_pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        return list(self.meta_params), self.meta_start  # the meta networks have no source counterpart
 
 
 def warmup_name(partitions: int, kernel_size: int) -> str:

@@ -32,6 +32,21 @@ def test_ecotta_starts_from_the_warmed_meta_networks_and_trains_only_them(tiny_s
     assert 0.0 <= adapter.diagnostics()["kept_fraction"] <= 1.0 and adapter.diagnostics()["regulariser"] >= 0
 
 
+def test_ecotta_parameter_distance_is_measured_from_the_warm_up(tiny_source: SourceModel) -> None:
+    adapter = create_adapter("ecotta", tiny_source, {"optimizer": {"lr": 0.05}})
+    assert adapter.parameter_distance() == 0.0  # a stream starts at the warm-up
+    adapter.forward_and_adapt(image_batch(32, seed=1))
+    first = adapter.parameter_distance()
+    adapter.forward_and_adapt(image_batch(32, seed=2))
+    second = adapter.parameter_distance()
+    assert first is not None and second is not None and 0 < first < second
+    warm = ArtefactStore(tiny_source).load("ecotta_warmup")
+    assert not torch.equal(adapter.meta_params[0].detach(), warm["meta.0.norm.weight"])
+    adapter.reset()  # back to the warm-up, and the artefact the distance is measured from is untouched
+    assert adapter.parameter_distance() == 0.0
+    assert torch.equal(adapter.meta_params[0].detach(), warm["meta.0.norm.weight"])
+
+
 def test_source_aligned_init_makes_the_meta_networks_the_identity_on_source_batches(tiny_source: SourceModel) -> None:
     from adapters.models.ecotta_network import EcottaNetwork, build_meta_networks, source_aligned_init
 
