@@ -53,6 +53,12 @@ def register(commands: Any) -> None:
         default="no guard,guard,periodic reset",
         help="comma-separated; finished runs are saved under OUT/runs/ and reused by a later call",
     )
+    long.add_argument("--streams", default="recurring,dirichlet", help="comma-separated")
+    long.add_argument(
+        "--source-signals",
+        action="store_true",
+        help="record the signals against the frozen source in every run (one extra forward per batch)",
+    )
     add_model(long)
     add_out(long, "long-streams")
     long.set_defaults(run=run_long_streams)
@@ -103,12 +109,14 @@ def run_signals(args: argparse.Namespace) -> None:
 
 def run_long_streams(args: argparse.Namespace) -> None:
     from adapters import create_source_model
-    from benchmarks.evaluation.long_streams import VARIANTS, adapter_of
+    from benchmarks.evaluation.long_streams import STREAMS, VARIANTS, adapter_of
     from benchmarks.evaluation.long_streams import run_long_streams as run
 
-    variants = args.variants.split(",")
+    variants, streams = args.variants.split(","), args.streams.split(",")
     if unknown := sorted(set(variants) - set(VARIANTS)):
         raise SystemExit(f"--variants: unknown {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    if unknown := sorted(set(streams) - set(STREAMS)):
+        raise SystemExit(f"--streams: unknown {', '.join(unknown)}; known: {', '.join(STREAMS)}")
     for label in args.adapters.split(","):  # before hours of replay, not after
         try:
             adapter_of(label, (args.adapter_config or {}).get(label, {}))
@@ -127,6 +135,8 @@ def run_long_streams(args: argparse.Namespace) -> None:
         args.out,
         variants=variants,
         adapter_configs=args.adapter_config,
+        streams=streams,
+        source_signals=args.source_signals,
     )
     print((args.out / "long_streams.md").read_text())
     wrote(args.out, "long_streams.json", "long_streams.md", "long_streams_*.png")

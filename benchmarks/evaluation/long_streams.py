@@ -9,7 +9,9 @@ Two streams from CIFAR-10-C at severity 5, batch 64:
 
 Each adapter runs without a guard, with ``GUARD`` and with a periodic reset (RDumb), and the frozen
 source model runs once as the reference. Reported: the error per visit (per domain for the
-Dirichlet stream), the mean, and the guard's actions by reason.
+Dirichlet stream), the mean, the guard's actions by reason, and each label-free signal's mean per
+visit (domain) with its Spearman correlation with the error: the trend a guard has to go by.
+``streams`` and ``variants`` choose a part of the study.
 
 Each finished run is saved under ``<out>/runs/`` with the settings it ran with, and a later call
 with the same settings reuses it instead of running it again: the full protocol takes hours on a
@@ -27,7 +29,9 @@ import numpy as np
 
 from adapters import SourceModel, list_adapters
 from adapters.atomic import atomic_write_text
+from adapters.blocks.signals import SIGNALS
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
+from benchmarks.evaluation.signals_vs_truth import per_domain_signals
 
 # Answer with the source while a window's batches are label-correlated (label_dependence above 0.1
 # nats: the i.i.d. windows of these streams stay below 0.06, the label-correlated ones sit around
@@ -50,18 +54,33 @@ GUARD: dict[str, Any] = {
 }
 
 
-def series(result: dict[str, Any], recurring: bool) -> list[float]:
-    """Error per visit (recurring: tags ``domain#visit``) or per domain (in stream order)."""
-    per_domain = result["per_domain_error"]
+def _per_visit(per_tag: dict[str, float], recurring: bool) -> list[float]:
+    """Values per domain tag -> per visit (recurring: tags ``domain#visit``, the mean over the
+    visit's domains) or per domain (in stream order)."""
     if not recurring:
-        return list(per_domain.values())
+        return list(per_tag.values())
     visits: dict[int, list[float]] = {}
-    for tag, error in per_domain.items():
-        visits.setdefault(int(tag.rpartition("#")[2]), []).append(error)
+    for tag, value in per_tag.items():
+        visits.setdefault(int(tag.rpartition("#")[2]), []).append(value)
     return [float(np.mean(visits[v])) for v in sorted(visits)]
 
 
+def series(result: dict[str, Any], recurring: bool) -> list[float]:
+    """Error per visit (recurring) or per domain (in stream order)."""
+    return _per_visit(result["per_domain_error"], recurring)
+
+
+def signal_series(result: dict[str, Any], recurring: bool) -> dict[str, list[float]]:
+    """Each label-free signal's mean per visit (or domain), aligned with ``series``: the trend a
+    guard watching a long stream has to go by. Signals missing on some domain are left out."""
+    per_tag = per_domain_signals(result)
+    tags = list(result["per_domain_error"])
+    names = [name for name in SIGNALS if all(name in per_tag.get(tag, {}) for tag in tags)]
+    return {name: _per_visit({tag: per_tag[tag][name] for tag in tags}, recurring) for name in names}
+
+
 VARIANTS = ("no guard", "guard", "periodic reset")
+STREAMS = ("recurring", "dirichlet")
 
 
 def _run(
@@ -74,6 +93,7 @@ def _run(
         "variant": variant,
         "per_visit_error" if recurring else "per_domain_error": errors,
         "mean_error": float(np.mean(errors)),
+        "signals": signal_series(result, recurring),
         "guard_actions": result.get("guard", {}).get("actions", {}),
         "images_per_s": result["images_per_s"],
     }
@@ -119,21 +139,27 @@ def run_long_streams(
     progress: bool = True,
     variants: Sequence[str] = VARIANTS,
     adapter_configs: dict[str, dict[str, Any]] | None = None,
+    streams: Sequence[str] = STREAMS,
+    source_signals: bool = False,
 ) -> dict[str, Any]:
     """``adapters`` are adapter names or labels of ``adapter_configs`` (label -> the adapter's
     config, with ``"adapter": name`` where the label is not an adapter's name), e.g.
-    ``{"tent-lr0.01": {"adapter": "tent", "optimizer": {"name": "adam", "lr": 0.01}}}``."""
+    ``{"tent-lr0.01": {"adapter": "tent", "optimizer": {"name": "adam", "lr": 0.01}}}``.
+    ``source_signals`` records the signals against the frozen source (``source_agreement``,
+    ``atc_gap``, ...) in every run, not only where the guard reads them (one extra forward)."""
     guard = guard or GUARD
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if unknown := sorted(set(streams) - set(STREAMS)):
+        raise ValueError(f"unknown streams {unknown}; known: {', '.join(STREAMS)}")
     chosen = {label: adapter_of(label, (adapter_configs or {}).get(label, {})) for label in adapters}
     guards: dict[str, dict[str, Any] | None] = {
         "no guard": None,
         "guard": guard,
         "periodic reset": {"reset_every_steps": reset_every_steps},
     }
-    streams = {
+    stream_settings = {
         "recurring": {"setting": "recurring", "visits": visits, "n_per_domain": n_per_visit},
         "dirichlet": {"setting": "correlated", "delta": delta, "n_per_domain": n_per_visit},
     }
@@ -147,9 +173,11 @@ def run_long_streams(
         "guard": guard,
         "reset_every_steps": reset_every_steps,
         "adapter_configs": adapter_configs or {},
+        "source_signals": source_signals,
         "streams": {},
     }
-    for stream, settings in streams.items():
+    for stream in (s for s in STREAMS if s in streams):
+        settings = stream_settings[stream]
         runs = []
         plan = [("source", "source")] + [(a, v) for a in adapters for v in VARIANTS if v in variants]
         for adapter, variant in plan:
@@ -160,6 +188,7 @@ def run_long_streams(
                 batch_size=64,
                 window_steps=window_steps,
                 guard=guards.get(variant),
+                source_signals=source_signals,
                 **settings,
             )
             name = f"{stream}-{adapter}-{variant.replace(' ', '-')}.json"
@@ -174,52 +203,7 @@ def run_long_streams(
             runs.append(run)
         report["streams"][stream] = runs
     if out_dir is not None:
+        from benchmarks.reporting.long_streams_report import write_long_stream_report
+
         write_long_stream_report(report, out_dir)
     return report
-
-
-def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
-    from benchmarks.reporting.guard_plots import plot_visit_errors
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "long_streams.json").write_text(json.dumps(report, indent=1) + "\n")
-    lines = [
-        "# Long and hostile streams, with and without the collapse guard",
-        "",
-        f"Model `{report['model']}`, CIFAR-10-C severity 5, batch {report['batch_size']}. Recurring: the 15 domains "
-        f"visited {report['visits']} times, {report['n_per_visit']} images per domain and visit, no reset. Dirichlet: "
-        f"the 15 domains once, {report['n_per_visit']} images each in a label-correlated order (delta "
-        f"{report['delta']}). Guard: `{json.dumps(report['guard'])}` with windows of {report['window_steps']} steps; "
-        f"periodic reset every {report['reset_every_steps']} steps. Error in %.",
-        "",
-    ]
-    for label, config in report.get("adapter_configs", {}).items():
-        lines[-1:-1] = [f"`{label}`: `{json.dumps(config)}`.", ""]
-    for stream, runs in report["streams"].items():
-        key = "per_visit_error" if stream == "recurring" else "per_domain_error"
-        source = runs[0][key]
-        lines += [
-            f"## {stream}",
-            "",
-            "| adapter | variant | mean | worst vs source | actions | img/s |",
-            "|---|---|---:|---:|---|---:|",
-        ]
-        for run in runs:
-            worst = max(100 * (e - s) for e, s in zip(run[key], source, strict=True))
-            actions = ", ".join(f"{k} {v}" for k, v in run["guard_actions"].items()) or "-"
-            lines.append(
-                f"| {run['adapter']} | {run['variant']} | {100 * run['mean_error']:.1f} | {worst:+.1f} | {actions} | "
-                f"{run['images_per_s']:.0f} |"
-            )
-        lines.append("")
-        lines.append(f"![{stream}](long_streams_{stream}.png)")
-        lines.append("")
-        title = (
-            "recurring CIFAR-10-C: error per visit" if stream == "recurring" else "Dirichlet stream: error per domain"
-        )
-        plot_visit_errors(runs, out_dir / f"long_streams_{stream}.png", title, key)
-    lines.append(
-        "`worst vs source`: the largest excess of the run's error over the source model's on any one visit "
-        "(recurring) or domain (Dirichlet); at or below 0 means never worse than not adapting."
-    )
-    (out_dir / "long_streams.md").write_text("\n".join(lines) + "\n")

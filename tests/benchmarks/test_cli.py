@@ -61,6 +61,7 @@ def test_replay_refuses_options_it_would_ignore(extra: list[str], message: str, 
     [
         (["--adapters", "tent,tent-slow"], "'tent-slow' is no adapter"),
         (["--variants", "sometimes"], "--variants: unknown sometimes"),
+        (["--streams", "recurring,endless"], "--streams: unknown endless"),
     ],
 )
 def test_long_streams_refuses_unknown_labels_and_variants_before_replaying(

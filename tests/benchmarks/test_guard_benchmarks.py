@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.data.cifar10c import CORRUPTIONS
-from benchmarks.evaluation.long_streams import run_long_streams, series
+from benchmarks.evaluation.long_streams import run_long_streams, series, signal_series
 from benchmarks.evaluation.signals_vs_truth import correlations, run_signals_vs_truth
 from tests.conftest import make_tiny_source
 
@@ -174,3 +174,43 @@ def test_long_streams_compare_labelled_configs_of_one_adapter(small_cifar10c: Pa
     assert runs[1]["per_visit_error"] != runs[2]["per_visit_error"]  # ten times the learning rate: other answers
     with pytest.raises(ValueError, match="'tent-slow' is no adapter"):
         run_long_streams(make_tiny_source(), small_cifar10c, ["tent-slow"], **kwargs)
+
+
+def test_signal_series_are_per_visit_means_aligned_with_the_error() -> None:
+    result = {
+        "per_domain_error": {"a#1": 0.2, "b#1": 0.4, "a#2": 0.1, "b#2": 0.3},
+        "batches": [
+            {"domain": "a#1", "signals": {"mean_entropy": 1.0, "parameter_distance": 0.0}},
+            {"domain": "a#1", "signals": {"mean_entropy": 3.0, "parameter_distance": 0.1}},
+            {"domain": "b#1", "signals": {"mean_entropy": 4.0, "parameter_distance": 0.2}},
+            {"domain": "a#2", "signals": {"mean_entropy": 0.0}},  # one domain lacks the distance
+            {"domain": "b#2", "signals": {"mean_entropy": 2.0, "parameter_distance": 0.4}},
+        ],
+    }
+    assert signal_series(result, recurring=True) == {"mean_entropy": pytest.approx([3.0, 1.0])}
+    assert signal_series(result, recurring=False)["mean_entropy"] == pytest.approx([2.0, 4.0, 0.0, 2.0])
+
+
+def test_a_recurring_study_reports_each_signals_trend_against_the_error(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_long_streams(
+        make_tiny_source(),
+        small_cifar10c,
+        ["tent"],
+        visits=3,
+        n_per_visit=16,
+        variants=["no guard"],
+        streams=["recurring"],
+        source_signals=True,
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert list(report["streams"]) == ["recurring"] and report["source_signals"]
+    source, tent = report["streams"]["recurring"]
+    assert {"source_agreement", "parameter_distance", "mean_entropy"} <= set(tent["signals"])
+    assert all(len(values) == 3 for values in tent["signals"].values())
+    assert tent["signals"]["parameter_distance"][0] < tent["signals"]["parameter_distance"][-1]  # tent moves
+    assert source["signals"]["source_agreement"] == pytest.approx([1.0, 1.0, 1.0])  # the source agrees with itself
+    table = (tmp_path / "long_streams.md").read_text()
+    assert "Signals per visit" in table and "| `parameter_distance` | " in table
+    with pytest.raises(ValueError, match="unknown streams"):
+        run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], streams=["endless"])

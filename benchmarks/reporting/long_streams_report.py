@@ -1,0 +1,92 @@
+"""The long-stream study's Markdown table, JSON and per-visit plots (``tta-bench long-streams``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from adapters.blocks.signals import SIGNALS
+from benchmarks.reporting.guard_plots import plot_visit_errors
+
+
+def trend_correlations(run: dict[str, Any], key: str) -> dict[str, float]:
+    """Spearman correlation of each signal's series with the run's error series (constant ones left out)."""
+    errors = run[key]
+    return {
+        name: float(spearmanr(values, errors).statistic)
+        for name, values in run.get("signals", {}).items()
+        if np.ptp(values) > 0 and np.ptp(errors) > 0
+    }
+
+
+def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "long_streams.json").write_text(json.dumps(report, indent=1) + "\n")
+    lines = [
+        "# Long and hostile streams, with and without the collapse guard",
+        "",
+        f"Model `{report['model']}`, CIFAR-10-C severity 5, batch {report['batch_size']}. Recurring: the 15 domains "
+        f"visited {report['visits']} times, {report['n_per_visit']} images per domain and visit, no reset. Dirichlet: "
+        f"the 15 domains once, {report['n_per_visit']} images each in a label-correlated order (delta "
+        f"{report['delta']}). Guard: `{json.dumps(report['guard'])}` with windows of {report['window_steps']} steps; "
+        f"periodic reset every {report['reset_every_steps']} steps. Error in %.",
+        "",
+    ]
+    for label, config in report.get("adapter_configs", {}).items():
+        lines[-1:-1] = [f"`{label}`: `{json.dumps(config)}`.", ""]
+    for stream, runs in report["streams"].items():
+        key = "per_visit_error" if stream == "recurring" else "per_domain_error"
+        source = runs[0][key]
+        lines += [
+            f"## {stream}",
+            "",
+            "| adapter | variant | mean | worst vs source | actions | img/s |",
+            "|---|---|---:|---:|---|---:|",
+        ]
+        for run in runs:
+            worst = max(100 * (e - s) for e, s in zip(run[key], source, strict=True))
+            actions = ", ".join(f"{k} {v}" for k, v in run["guard_actions"].items()) or "-"
+            lines.append(
+                f"| {run['adapter']} | {run['variant']} | {100 * run['mean_error']:.1f} | {worst:+.1f} | {actions} | "
+                f"{run['images_per_s']:.0f} |"
+            )
+        lines.append("")
+        lines.append(f"![{stream}](long_streams_{stream}.png)")
+        lines.append("")
+        lines += _signal_table(runs, key, "visit" if stream == "recurring" else "domain")
+        title = (
+            "recurring CIFAR-10-C: error per visit" if stream == "recurring" else "Dirichlet stream: error per domain"
+        )
+        plot_visit_errors(runs, out_dir / f"long_streams_{stream}.png", title, key)
+    lines.append(
+        "`worst vs source`: the largest excess of the run's error over the source model's on any one visit "
+        "(recurring) or domain (Dirichlet); at or below 0 means never worse than not adapting."
+    )
+    (out_dir / "long_streams.md").write_text("\n".join(lines) + "\n")
+
+
+def _signal_table(runs: list[dict[str, Any]], key: str, unit: str) -> list[str]:
+    """Each adapted run's signals: first and last value per visit (domain) and the Spearman
+    correlation of the series with the run's error series."""
+    adapted = [run for run in runs if run.get("signals") and run["variant"] != "source"]
+    if not adapted:
+        return []
+    names = [name for name in SIGNALS if any(name in run["signals"] for run in adapted)]
+    lines = [
+        f"Signals per {unit}: first -> last {unit}'s mean (Spearman with the error per {unit}).",
+        "",
+        "| signal | " + " | ".join(f"{run['adapter']} {run['variant']}" for run in adapted) + " |",
+        "|---|" + "---:|" * len(adapted),
+    ]
+    for name in names:
+        cells = []
+        for run in adapted:
+            values, rho = run["signals"].get(name), trend_correlations(run, key).get(name)
+            cell = "-" if values is None else f"{values[0]:.3f} -> {values[-1]:.3f}"
+            cells.append(cell if rho is None else f"{cell} ({rho:+.2f})")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return [*lines, ""]
