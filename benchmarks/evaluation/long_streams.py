@@ -146,7 +146,8 @@ def run_long_streams(
     config, with ``"adapter": name`` where the label is not an adapter's name), e.g.
     ``{"tent-lr0.01": {"adapter": "tent", "optimizer": {"name": "adam", "lr": 0.01}}}``.
     ``source_signals`` records the signals against the frozen source (``source_agreement``,
-    ``atc_gap``, ...) in every run, not only where the guard reads them (one extra forward)."""
+    ``atc_gap``, ...) in every adapted run, not only where the guard reads them (one extra forward;
+    the source reference run would only compare the source with itself)."""
     guard = guard or GUARD
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -188,7 +189,7 @@ def run_long_streams(
                 batch_size=64,
                 window_steps=window_steps,
                 guard=guards.get(variant),
-                source_signals=source_signals,
+                source_signals=source_signals and variant != "source",
                 **settings,
             )
             name = f"{stream}-{adapter}-{variant.replace(' ', '-')}.json"
