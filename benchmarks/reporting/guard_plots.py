@@ -1,4 +1,4 @@
-"""Plots of the observability benchmarks: signal correlations, and error per visit of long streams."""
+"""Plots of the observability benchmarks: signal correlations, and error and signals per visit of long streams."""
 
 from __future__ import annotations
 
@@ -75,6 +75,47 @@ def plot_visit_errors(runs: Sequence[dict[str, Any]], path: Path, title: str, ke
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_signal_trends(runs: Sequence[dict[str, Any]], path: Path, title: str, key: str = "per_visit_error") -> Path:
+    """One panel per quantity: the error, then each signal that moves, per visit (or domain); one
+    line per adapted run, so a signal's trend is read against the error's."""
+    plt = _pyplot()
+    adapted = [run for run in runs if run["variant"] != "source" and run.get("signals")]
+    moving = [
+        name
+        for name in dict.fromkeys(name for run in adapted for name in run["signals"])
+        if any(np.ptp(run["signals"].get(name, [0.0])) > 0 for run in adapted)
+    ]
+    panels = ["error (%)", *moving]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.5 * rows), squeeze=False)
+    colours = {a: plt.get_cmap("tab10")(i) for i, a in enumerate(dict.fromkeys(run["adapter"] for run in adapted))}
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for run in adapted:
+            values = 100 * np.asarray(run[key]) if panel == "error (%)" else run["signals"].get(panel)
+            if values is not None:
+                ax.plot(
+                    np.arange(1, len(values) + 1),
+                    values,
+                    color=colours[run["adapter"]],
+                    lw=1.4,
+                    label=f"{run['adapter']}, {run['variant']}",
+                )
+        ax.set_title(panel, fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, frameon=False)
+    fig.suptitle(title)
+    fig.supxlabel("visit of the 15 domains" if key == "per_visit_error" else "domain in stream order", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from adapters.blocks.signals import SIGNALS
-from benchmarks.reporting.guard_plots import plot_visit_errors
+from benchmarks.reporting.guard_plots import plot_signal_trends, plot_visit_errors
 
 
 def trend_correlations(run: dict[str, Any], key: str) -> dict[str, float]:
@@ -26,14 +26,26 @@ def trend_correlations(run: dict[str, Any], key: str) -> dict[str, float]:
 def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "long_streams.json").write_text(json.dumps(report, indent=1) + "\n")
+    ran = {run["variant"] for runs in report["streams"].values() for run in runs}
+    described = {
+        "recurring": f"Recurring: the 15 domains visited {report['visits']} times, {report['n_per_visit']} images per "
+        "domain and visit, no reset.",
+        "dirichlet": f"Dirichlet: the 15 domains once, {report['n_per_visit']} images each in a label-correlated "
+        f"order (delta {report['delta']}).",
+    }
+    settings = [described[stream] for stream in report["streams"]]
+    if "guard" in ran:
+        settings.append(f"Guard: `{json.dumps(report['guard'])}` with windows of {report['window_steps']} steps.")
+    if "periodic reset" in ran:
+        settings.append(f"Periodic reset every {report['reset_every_steps']} steps.")
+    if report.get("source_signals"):
+        settings.append("Every adapted run records the signals against the frozen source.")
     lines = [
         "# Long and hostile streams, with and without the collapse guard",
         "",
-        f"Model `{report['model']}`, CIFAR-10-C severity 5, batch {report['batch_size']}. Recurring: the 15 domains "
-        f"visited {report['visits']} times, {report['n_per_visit']} images per domain and visit, no reset. Dirichlet: "
-        f"the 15 domains once, {report['n_per_visit']} images each in a label-correlated order (delta "
-        f"{report['delta']}). Guard: `{json.dumps(report['guard'])}` with windows of {report['window_steps']} steps; "
-        f"periodic reset every {report['reset_every_steps']} steps. Error in %.",
+        f"Model `{report['model']}`, CIFAR-10-C severity 5, batch {report['batch_size']}. "
+        + " ".join(settings)
+        + " Error in %.",
         "",
     ]
     for label, config in report.get("adapter_configs", {}).items():
@@ -57,7 +69,13 @@ def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
         lines.append("")
         lines.append(f"![{stream}](long_streams_{stream}.png)")
         lines.append("")
-        lines += _signal_table(runs, key, "visit" if stream == "recurring" else "domain")
+        trends = _signal_table(runs, key, "visit" if stream == "recurring" else "domain")
+        if trends:
+            picture = plot_signal_trends(
+                runs, out_dir / f"long_streams_{stream}_signals.png", f"{stream}: signals", key
+            )
+            trends[-1:-1] = ["", f"![{stream} signals]({picture.name})"]
+        lines += trends
         title = (
             "recurring CIFAR-10-C: error per visit" if stream == "recurring" else "Dirichlet stream: error per domain"
         )

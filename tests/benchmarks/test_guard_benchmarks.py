@@ -212,5 +212,6 @@ def test_a_recurring_study_reports_each_signals_trend_against_the_error(small_ci
     assert "source_agreement" not in source["signals"]  # the reference is not compared with itself
     table = (tmp_path / "long_streams.md").read_text()
     assert "Signals per visit" in table and "| `parameter_distance` | " in table
+    assert (tmp_path / "long_streams_recurring_signals.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="unknown streams"):
         run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], streams=["endless"])
