@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     long.add_argument(
         "--source-signals",
         action="store_true",
-        help="record the signals against the frozen source in every run (one extra forward per batch)",
+        help="record the signals against the frozen source in every adapted run (one extra forward per batch)",
     )
     add_model(long)
     add_out(long, "long-streams")

@@ -10,7 +10,7 @@ estimators, so their mean absolute error against the true accuracy is reported t
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,27 @@ def per_domain_signals(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {d: {k: float(np.mean(v)) for k, v in values.items()} for d, values in sums.items()}
 
 
+def spearman_with(errors: Sequence[float], signals: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Spearman correlation of each signal's series with the error series; constant series (no
+    ranking) are left out."""
+    if np.ptp(np.asarray(errors, dtype=float)) == 0:
+        return {}
+    return {
+        name: float(spearmanr(values, errors).statistic)
+        for name, values in signals.items()
+        if np.ptp(np.asarray(values, dtype=float)) > 0
+    }
+
+
 def correlations(result: dict[str, Any], source_error: dict[str, float]) -> dict[str, Any]:
     """Spearman correlation of each signal with the per-domain error, and the estimators' errors."""
     domains = list(result["per_domain_error"])
     errors = np.array([result["per_domain_error"][d] for d in domains])
     signals = per_domain_signals(result)
-    rho: dict[str, float] = {}
-    for name in SIGNALS:
-        values = [signals[d].get(name) for d in domains]
-        if all(v is not None for v in values) and np.ptp(np.asarray(values, dtype=float)) > 0:
-            rho[name] = float(spearmanr(values, errors).statistic)
+    complete = {
+        name: [signals[d][name] for d in domains] for name in SIGNALS if all(name in signals[d] for d in domains)
+    }
+    rho = spearman_with(errors.tolist(), complete)
     mae = {}
     for name, whose in ESTIMATORS.items():
         truth = errors if whose == "adapted" else np.array([source_error[d] for d in domains])

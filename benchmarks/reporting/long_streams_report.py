@@ -6,21 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from scipy.stats import spearmanr
-
 from adapters.blocks.signals import SIGNALS
+from benchmarks.evaluation.signals_vs_truth import spearman_with
 from benchmarks.reporting.guard_plots import plot_signal_trends, plot_visit_errors
-
-
-def trend_correlations(run: dict[str, Any], key: str) -> dict[str, float]:
-    """Spearman correlation of each signal's series with the run's error series (constant ones left out)."""
-    errors = run[key]
-    return {
-        name: float(spearmanr(values, errors).statistic)
-        for name, values in run.get("signals", {}).items()
-        if np.ptp(values) > 0 and np.ptp(errors) > 0
-    }
 
 
 def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
@@ -100,10 +88,11 @@ def _signal_table(runs: list[dict[str, Any]], key: str, unit: str) -> list[str]:
         "| signal | " + " | ".join(f"{run['adapter']} {run['variant']}" for run in adapted) + " |",
         "|---|" + "---:|" * len(adapted),
     ]
+    correlations = [spearman_with(run[key], run["signals"]) for run in adapted]
     for name in names:
         cells = []
-        for run in adapted:
-            values, rho = run["signals"].get(name), trend_correlations(run, key).get(name)
+        for run, rhos in zip(adapted, correlations, strict=True):
+            values, rho = run["signals"].get(name), rhos.get(name)
             cell = "-" if values is None else f"{values[0]:.3f} -> {values[-1]:.3f}"
             cells.append(cell if rho is None else f"{cell} ({rho:+.2f})")
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
