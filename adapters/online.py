@@ -35,6 +35,7 @@ from adapters.errors import AdapterError
 from adapters.guard import Decision, Guard
 from adapters.guard_config import GuardConfig
 from adapters.model_signals import atc_threshold_of, model_signals
+from adapters.precision import Resolved, compute_precision
 from adapters.signal_windows import SignalWindows
 
 BUFFER_PREFIX = "buffer."
@@ -47,7 +48,8 @@ class DivergenceError(AdapterError):
 class OnlineStream:
     """``frozen`` (the shared frozen forward) answers small requests before there is context and,
     with ``source_signals``, gives the source prediction each step's signals compare against
-    (one frozen forward per step: on this CPU about half a Tent step, 2 % of a CoTTA step)."""
+    (one forward of the source model per step, in ``signal_precision``: on this CPU in fp32 about
+    a Tent step, 2 % of a CoTTA step)."""
 
     def __init__(
         self,
@@ -58,6 +60,7 @@ class OnlineStream:
         window_steps: int = 20,
         guard: GuardConfig | dict[str, Any] | None = None,
         dropout_estimate: bool = False,
+        signal_precision: Resolved = "fp32",
     ):
         if min_adapt_batch < 1:
             raise ValueError(f"min_adapt_batch must be >= 1, got {min_adapt_batch}")
@@ -74,6 +77,8 @@ class OnlineStream:
         self.source_signals = source_signals and frozen is not None
         # the source forward of the signals also measures the BatchNorm-statistics shift
         self.probe = batchnorm_probe(adapter.source) if self.source_signals else None
+        # bf16: a cheaper probe forward; signals within about 0.01 of fp32's (benchmarks/results/signal_precision.md)
+        self.signal_precision: Resolved = signal_precision
         self.atc_threshold = atc_threshold_of(adapter.source)
         self.dropout_estimate = dropout_estimate  # AETTA-style estimate: 10 extra classifier passes per step
         self.last_source_classes: Tensor | None = None  # the source model's classes for the last step
@@ -140,7 +145,9 @@ class OnlineStream:
         if self.probe is None:
             assert self.frozen is not None
             return self.frozen(batch), None
-        logits, layers = self.probe(batch)
+        with compute_precision(self.device, self.signal_precision):
+            logits, layers = self.probe(batch)
+        logits = logits.float()
         self.last_bn_shift = layers.tolist()
         return logits, float(layers.mean()) if layers.numel() else None
 

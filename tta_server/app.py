@@ -60,6 +60,7 @@ def build_services(settings: Settings) -> Services:
         source_signals=settings.source_signals,
         signal_window_steps=settings.signal_window_steps,
         dropout_estimate=settings.dropout_estimate,
+        signal_precision=settings.signal_precision,
         guard=settings.guard,
         handover_wait_s=settings.handover_wait_s,
     )

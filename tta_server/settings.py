@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -98,7 +98,13 @@ class Settings(BaseSettings):
     source_signals: bool = Field(
         True,
         description="compare every step's predictions with the frozen source model's (source agreement, ATC "
-        "estimates); costs one frozen forward per step (about half a Tent step on a CPU)",
+        "estimates); costs one forward of the source model per step (in fp32 about a Tent step on a CPU)",
+    )
+    signal_precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="precision of the source forward behind the signals (with source_signals; for a model with "
+        "BatchNorm): bf16 is faster on a CPU or GPU with native bf16 (benchmarks/results/signal_precision.md), "
+        "slower where it is emulated",
     )
     signal_window_steps: int = Field(20, ge=1, description="steps per window of a stream's signals (their trend)")
     dropout_estimate: bool = Field(

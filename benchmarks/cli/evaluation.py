@@ -1,4 +1,4 @@
-"""The studies built on replays: ``signals``, ``long-streams``, ``sweep``, ``equal-error``."""
+"""The studies built on replays: ``signals``, ``signal-precision``, ``long-streams``, ``sweep``, ``equal-error``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,20 @@ def register(commands: Any) -> None:
     add_model(signals)
     add_out(signals, "signals")
     signals.set_defaults(run=run_signals)
+
+    precision = add_command(
+        commands,
+        "signal-precision",
+        "the source forward behind the signals in fp32 or bf16: step time, signals and guard decisions side by side",
+    )
+    add_cifar10c_data(precision)
+    precision.add_argument("--adapters", default="tent,norm,ecotta", help="comma-separated")
+    precision.add_argument("--streams", default="continual,dirichlet", help="comma-separated")
+    precision.add_argument("--n-per-domain", type=int, default=1000, help="images per domain")
+    precision.add_argument("--batch-size", type=int, default=64, help="images per step")
+    add_model(precision)
+    add_out(precision, "signal-precision")
+    precision.set_defaults(run=run_signal_precision)
 
     long = add_command(
         commands,
@@ -105,6 +119,21 @@ def run_signals(args: argparse.Namespace) -> None:
     report = run_signals_vs_truth(source, args.data, adapters, n, batch, args.out, dropout_estimate=dropout)
     print(signals_table(report))
     wrote(args.out, "signals_vs_truth.json", "signals_vs_truth.md", "signals_vs_truth.png")
+
+
+def run_signal_precision(args: argparse.Namespace) -> None:
+    from adapters import create_source_model, list_adapters
+    from benchmarks.evaluation.signal_precision import STREAMS, run_signal_precision, signal_precision_table
+
+    streams, adapters = args.streams.split(","), args.adapters.split(",")
+    if unknown := sorted(set(streams) - set(STREAMS)):
+        raise SystemExit(f"--streams: unknown {', '.join(unknown)}; known: {', '.join(STREAMS)}")
+    if unknown := sorted(set(adapters) - set(list_adapters())):
+        raise SystemExit(f"--adapters: unknown {', '.join(unknown)}; known: {', '.join(list_adapters())}")
+    source = create_source_model(args.model)
+    report = run_signal_precision(source, args.data, adapters, streams, args.n_per_domain, args.batch_size)
+    print(signal_precision_table(report, args.out))
+    wrote(args.out, "signal_precision.json", "signal_precision.md")
 
 
 def run_long_streams(args: argparse.Namespace) -> None:

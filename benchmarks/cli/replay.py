@@ -55,6 +55,12 @@ def register(commands: Any) -> None:
         help='the collapse guard, as the server\'s guard setting (JSON), e.g. {"policy": "reset", "thresholds": '
         '[{"signal": "majority_share", "above": 0.6}]}; decisions go into the result JSON',
     )
+    rep.add_argument(
+        "--signal-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the server's signal_precision: the source forward behind a guard's signals",
+    )
     rep.add_argument("--visits", type=int, default=1, help="recurring setting: visits of the domain sequence")
     rep.add_argument("--seed", type=int, default=0, help="stream order and adapter seed")
     add_out(rep, "replay")
@@ -77,6 +83,8 @@ def refuse_combinations(args: argparse.Namespace) -> None:
         problems.append("--device applies in process; a server adapts on its own device setting")
     if args.server and args.min_adapt_batch != 1:
         problems.append("--min-adapt-batch applies in process; a server applies its own min_adapt_batch")
+    if args.server and args.signal_precision != "fp32":
+        problems.append("--signal-precision applies in process; a server applies its own signal_precision")
     if args.dataset != "imagenet-c" and (args.preprocessing != "as-is" or args.subset_file):
         problems.append("--preprocessing and --subset-file apply to --dataset imagenet-c only")
     if args.delta is not None and args.setting != "correlated":
@@ -112,6 +120,7 @@ def run_replay(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             min_adapt_batch=args.min_adapt_batch,
             guard=args.guard,
+            signal_precision=args.signal_precision,
             visits=args.visits,
             seed=args.seed,
             dataset=args.dataset,

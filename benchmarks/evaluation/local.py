@@ -27,7 +27,7 @@ class LocalStream:
         config = {"seed": replay_config.seed, **replay_config.adapter_config}
         self.adapter = create_adapter(replay_config.adapter, source, config)
         # the server's small-request policy, guard and signals, so both answer alike
-        # a guard that only resets periodically needs no source forward (half a Tent step's time)
+        # a guard that only resets periodically needs no source forward (about a Tent step's time)
         guard = replay_config.guard
         reads = guard is not None and GuardConfig.model_validate(guard).reads_signals
         signals = replay_config.source_signals or reads
@@ -40,6 +40,7 @@ class LocalStream:
             replay_config.window_steps,
             replay_config.guard,
             replay_config.dropout_estimate,
+            replay_config.signal_precision,
         )
         self.signals_on = replay_config.source_signals
         self.last_action: dict[str, Any] | None = None

@@ -50,6 +50,9 @@ class ReplayConfig(BaseModel):
         None,
         description="the collapse guard (adapters.guard_config.GuardConfig); source_signals where it reads them",
     )
+    signal_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="of the source forward behind the signals (the server's signal_precision)"
+    )
     window_steps: int = Field(20, ge=1, description="steps per signal window (the server's signal_window_steps)")
     dropout_estimate: bool = Field(False, description="the dropout-disagreement accuracy estimate per step")
     seed: int = 0

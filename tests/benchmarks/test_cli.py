@@ -19,7 +19,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_command_and_option_has_help() -> None:
     commands = subcommands()
-    assert len(commands) == 15
+    assert len(commands) == 16
     help_text = build_parser().format_help()
     assert all(name in help_text for name in commands)
     undocumented = [
@@ -44,6 +44,7 @@ def test_benchmark_outputs_default_to_a_run_folder_not_the_committed_results() -
     [
         (["--server", "http://127.0.0.1:9", "--orders", "cotta10"], "runs in process only"),
         (["--server", "http://127.0.0.1:9", "--device", "cuda"], "its own device"),
+        (["--server", "http://127.0.0.1:9", "--signal-precision", "bf16"], "its own signal_precision"),
         (["--delta", "0.1"], "--setting correlated only"),
         (["--visits", "3"], "--setting recurring only"),
         (["--preprocessing", "resize-crop"], "imagenet-c only"),
@@ -70,3 +71,15 @@ def test_long_streams_refuses_unknown_labels_and_variants_before_replaying(
     with pytest.raises(SystemExit, match=message):
         main(["long-streams", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
     assert not (tmp_path / "out").exists()  # refused before any run started
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--streams", "continual,endless"], "--streams: unknown endless"), (["--adapters", "tent,tnet"], "unknown tnet")],
+)
+def test_signal_precision_refuses_unknown_streams_and_adapters_before_replaying(
+    extra: list[str], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit, match=message):
+        main(["signal-precision", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,4 @@
-"""The observability benchmarks (tta-bench signals, tta-bench long-streams) on a small synthetic
+"""The observability benchmarks (tta-bench signals, signal-precision, long-streams) on a small synthetic
 CIFAR-10-C: they run end to end and compute what their tables claim."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.data.cifar10c import CORRUPTIONS
 from benchmarks.evaluation.long_streams import run_long_streams, series, signal_series
+from benchmarks.evaluation.signal_precision import run_signal_precision, signal_precision_table
 from benchmarks.evaluation.signals_vs_truth import correlations, run_signals_vs_truth
 from tests.conftest import make_tiny_source
 
@@ -215,3 +216,21 @@ def test_a_recurring_study_reports_each_signals_trend_against_the_error(small_ci
     assert (tmp_path / "long_streams_recurring_signals.png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="unknown streams"):
         run_long_streams(make_tiny_source(), small_cifar10c, ["norm"], streams=["endless"])
+
+
+def test_signal_precision_compares_fp32_and_bf16_signals_in_lockstep(small_cifar10c: Path, tmp_path: Path) -> None:
+    report = run_signal_precision(
+        make_tiny_source(), small_cifar10c, ["norm"], ["continual"], n_per_domain=32, batch_size=16, progress=False
+    )
+    (result,) = report["results"]
+    assert result["adapter"] == "norm" and result["stream"] == "continual"
+    variants = result["variants"]
+    assert set(variants) == {"no signals", "fp32", "bf16"}
+    assert all(v["median_step_ms"] > 0 and len(v["per_domain_error"]) == 15 for v in variants.values())
+    assert variants["no signals"]["decisions"] == []  # no signals, no guard
+    assert isinstance(result["same_decisions"], bool) and 0 <= result["source_prediction_disagreement"] <= 1
+    shift = result["signals"]["bn_shift"]
+    assert shift["domains"] == 15 and 0 < shift["max_domain_difference"] < 0.05 * shift["mean_fp32"]
+    text = signal_precision_table(report, tmp_path)
+    assert "| norm | continual |" in text and "| bn_shift |" in text
+    assert json.loads((tmp_path / "signal_precision.json").read_text())["results"][0]["stream"] == "continual"

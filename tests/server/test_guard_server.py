@@ -10,7 +10,7 @@ import numpy as np
 
 from benchmarks.data.cifar10c import CORRUPTIONS
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
-from tests.helpers import png
+from tests.helpers import files, images, png
 from tests.server_harness import running_server
 from tta_server import Settings
 
@@ -86,3 +86,26 @@ def test_a_guard_with_too_many_rules_is_refused() -> None:
         assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_guard", refused.text
         refused = client.post("/v1/streams", json={"stream_id": "cam", "guard": {"max_drop": {"x" * 40: 0.1}}})
         assert refused.status_code == 422
+
+
+def test_the_server_measures_its_signals_at_the_configured_precision() -> None:
+    import torch
+
+    from adapters import create_adapter, create_source_model, get_frozen_forward
+    from adapters.online import OnlineStream
+
+    batch = images(16, seed=11)  # min_adapt_batch: a batch the step adapts on, so the probe runs
+    settings = Settings(default_adapter="norm", signal_precision="bf16")
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        answer = client.post("/v1/predict", files=files(batch), headers={"X-Stream-Id": "cam"})
+        assert answer.status_code == 200, answer.text
+        served = torch.tensor(client.get("/v1/streams/cam").json()["bn_shift_layers"])
+    source = create_source_model()
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255)
+    local = {}
+    for precision in ("fp32", "bf16"):
+        stream = OnlineStream(create_adapter("norm", source), 1, get_frozen_forward(source), signal_precision=precision)
+        stream.step(x)
+        local[precision] = torch.tensor(stream.last_bn_shift)
+    assert float((local["bf16"] - local["fp32"]).abs().max()) > 1e-4  # the two precisions are distinguishable
+    assert float((served - local["bf16"]).abs().max()) < float((served - local["fp32"]).abs().max())

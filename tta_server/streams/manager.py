@@ -161,6 +161,7 @@ class StreamManager(Residency):
             options.signal_window_steps,
             guard_config,
             options.dropout_estimate,
+            options.signal_precision,
         )
         if state is not None:
             online.load_state_dict(state)

@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from adapters.online import OnlineStream
+from adapters.precision import Resolved
 from tta_server.streams.feedback import FeedbackTotals
 
 
@@ -37,6 +38,7 @@ class StreamOptions:
     largest_step: int = 256  # the most images one step can hold (working-memory calibration)
     auto_create: bool = True
     source_signals: bool = True  # each step's signals compare with the frozen source prediction
+    signal_precision: Resolved = "fp32"  # of the source forward behind the signals
     signal_window_steps: int = 20
     dropout_estimate: bool = False  # the AETTA-style signal dropout_accuracy (10 classifier passes per step)
     guard: dict[str, Any] = field(default_factory=dict)  # GuardConfig of streams created without one
