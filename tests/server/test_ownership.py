@@ -103,3 +103,38 @@ def test_probing_unknown_ids_leaves_no_lease_files_and_owned_streams_are_still_r
             manager.close()
 
     asyncio.run(main())
+
+
+def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_path: Path) -> None:
+    """A dashboard polling GET /v1/streams/{id} on the wrong replica must not pull the stream away
+    from the replica its traffic goes to: the read is refused (naming the header that routes it),
+    the owner is not asked, and it keeps the stream; a write still asks."""
+    import httpx
+
+    from tests.helpers import files, images
+    from tests.server_harness import running_server
+    from tta_server import Settings
+
+    def replica(name: str) -> Settings:
+        return Settings(
+            snapshot_dir=tmp_path, replica_id=name, default_adapter="norm", min_adapt_batch=4, handover_wait_s=0.3
+        )
+
+    lease = tmp_path / "leases"
+    with (
+        running_server(replica("a")) as a_url,
+        running_server(replica("b")) as b_url,
+        httpx.Client(base_url=a_url, timeout=60) as a,
+        httpx.Client(base_url=b_url, timeout=60) as b,
+    ):
+        assert a.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "cam"}).status_code == 200
+        refused = b.get("/v1/streams/cam")
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "stream_owned_elsewhere"
+        message = refused.json()["error"]["message"]
+        assert "active on replica 'a'" in message and "X-Stream-Id: cam" in message
+        (record,) = list(lease.glob("*.json"))
+        assert '"handover_to": null' in record.read_text()  # the owner was not asked
+        assert a.get("/v1/streams/cam").json()["steps"] == 1  # and still serves it
+        asked = b.post("/v1/streams/cam/reset")  # a write: asks, and waits for the handover
+        assert asked.status_code in (200, 503), asked.text
+        assert '"handover_to": "b"' in record.read_text() or asked.status_code == 200

@@ -135,7 +135,7 @@ async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
 
 @router.get("/streams/{stream_id}")
 async def get_stream(services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
-    stream = await services.streams.get(stream_id)
+    stream = await services.streams.get(stream_id, reading=True)
     info = _info(stream)
     info.feedback = stream.feedback.report() if stream.feedback.images else {}
     return info

@@ -26,12 +26,15 @@ class Claims:
     options: StreamOptions
     counters: Counter[str]
 
-    def claim(self, stream_id: str, creating: bool = False) -> None:
+    def claim(self, stream_id: str, creating: bool = False, reading: bool = False) -> None:
         """With ownership: take the stream's lease before touching it (:class:`StreamOwnedError` if
         another replica holds it); its snapshot in the shared store then wakes like a spilled one.
 
         Unless ``creating``, an id with neither a lease nor a snapshot is left alone: probing unknown
-        ids must not leave a lease file per id in the shared store."""
+        ids must not leave a lease file per id in the shared store. ``reading`` (showing the stream)
+        never asks a live owner to hand it over: a dashboard polling ``GET /v1/streams/{id}`` through
+        a balancer that hashes X-Stream-Id, without that header, would otherwise pull the stream away
+        from the replica its traffic goes to, and that traffic would pull it back, over and over."""
         ownership = self.ownership
         if ownership is None or ownership.fresh(stream_id):
             return
@@ -46,7 +49,7 @@ class Claims:
                 raise
             return
         self.drop(stream_id)  # a copy without a lease is stale (its loss was noticed by a write)
-        ownership.acquire(stream_id)
+        ownership.acquire(stream_id, ask_handover=not reading)
         if self.store is not None and self.store.exists(stream_id):
             self.spilled.add(stream_id)
 

@@ -14,11 +14,12 @@ class MemoryBudgetError(StreamLimitError):
 class StreamOwnedError(StreamLimitError):
     """Another live replica owns the stream and did not hand it over in time (503, retry)."""
 
-    def __init__(self, stream_id: str, owner: str) -> None:
-        super().__init__(
-            f"stream {stream_id!r} is active on replica {owner!r}; it was asked to hand it over (retry shortly, "
-            "and route each X-Stream-Id to one replica)"
-        )
+    def __init__(self, stream_id: str, owner: str, asked: bool = True) -> None:
+        if asked:
+            then = "it was asked to hand it over (retry shortly, and route each X-Stream-Id to one replica)"
+        else:  # a read: showing a stream must not move it away from the replica its traffic goes to
+            then = f"a read does not move it (send it with the header X-Stream-Id: {stream_id}, which routes it there)"
+        super().__init__(f"stream {stream_id!r} is active on replica {owner!r}; {then}")
         self.stream_id, self.owner = stream_id, owner
 
 

@@ -80,10 +80,11 @@ class StreamManager(Residency):
     def known(self, stream_id: str) -> bool:
         return stream_id in self.streams or stream_id in self.spilled
 
-    async def get(self, stream_id: str) -> Stream:
-        """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none."""
+    async def get(self, stream_id: str, reading: bool = False) -> Stream:
+        """The stream, woken from the store if it was spilled; :class:`UnknownStreamError` if none.
+        ``reading``: only to show it (see :meth:`claim`)."""
         validate_stream_id(stream_id)
-        self.claim(stream_id)
+        self.claim(stream_id, reading=reading)
         stream = self.streams.get(stream_id)
         if stream is None:
             async with self.transfers:

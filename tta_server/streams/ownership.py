@@ -81,8 +81,9 @@ class Ownership:
         held = self.held.get(stream_id)
         return lease is not None and not lease.released and lease.owner == self.replica_id and lease.generation == held
 
-    def acquire(self, stream_id: str) -> int:
-        """Take the stream's lease (its generation), or raise :class:`StreamOwnedError`."""
+    def acquire(self, stream_id: str, ask_handover: bool = True) -> int:
+        """Take the stream's lease (its generation), or raise :class:`StreamOwnedError` (having asked
+        the live owner to hand the stream over, unless ``ask_handover`` is off)."""
         with self._locked(stream_id) as path:
             lease, now = self._read(path), time.time()
             if self._ours(stream_id, lease):
@@ -96,10 +97,10 @@ class Ownership:
                 self._write(path, Lease(self.replica_id, generation, now + self.ttl_s))
                 self.held[stream_id], self.until[stream_id] = generation, now + self.ttl_s
                 return generation
-            if lease.handover_to != self.replica_id:
+            if ask_handover and lease.handover_to != self.replica_id:
                 lease.handover_to = self.replica_id
                 self._write(path, lease)
-            raise StreamOwnedError(stream_id, lease.owner)
+            raise StreamOwnedError(stream_id, lease.owner, asked=ask_handover)
 
     def holds(self, stream_id: str) -> bool:
         return stream_id in self.held
