@@ -59,7 +59,7 @@ def test_every_request_gets_one_access_line(url: str, caplog: pytest.LogCaptureF
     found = lines()
     assert found["line-1"]["status"] == 200 and found["line-1"]["stream"] == "cam-9"
     assert found["line-1"]["adapter"] == "norm" and float(found["line-1"]["latency_ms"]) > 0  # type: ignore[arg-type]
-    assert found["line-2"]["status"] == 404
+    assert found["line-2"]["status"] == 404 and found["line-2"]["stream"] == "unknown-one"  # named by the path
 
 
 def test_the_start_up_summary_names_what_an_operator_needs(caplog: pytest.LogCaptureFixture) -> None:

@@ -134,7 +134,8 @@ async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
 
 
 @router.get("/streams/{stream_id}")
-async def get_stream(services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
+async def get_stream(request: Request, services: ServicesDep, stream_id: str = StreamId) -> StreamInfo:
+    request.state.stream_id = stream_id  # the access log names it
     stream = await services.streams.get(stream_id, reading=True)
     info = _info(stream)
     info.feedback = stream.feedback.report() if stream.feedback.images else {}
@@ -156,13 +157,17 @@ async def delete_stream(request: Request, services: ServicesDep, stream_id: str 
 
 
 @router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN)
-async def snapshot_stream(manager: ManagerDep, persistence: PersistenceDep, stream_id: str = StreamId) -> SnapshotInfo:
+async def snapshot_stream(
+    request: Request, manager: ManagerDep, persistence: PersistenceDep, stream_id: str = StreamId
+) -> SnapshotInfo:
     """Write the stream's state atomically to the snapshot store."""
+    request.state.stream_id = stream_id
     path = await persistence.snapshot(stream_id)
     return SnapshotInfo(stream_id=stream_id, path=str(path), steps=(await manager.get(stream_id)).online.steps)
 
 
 @router.post("/streams/{stream_id}/restore", dependencies=ADMIN)
-async def restore_stream(persistence: PersistenceDep, stream_id: str = StreamId) -> StreamInfo:
+async def restore_stream(request: Request, persistence: PersistenceDep, stream_id: str = StreamId) -> StreamInfo:
     """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
+    request.state.stream_id = stream_id
     return _info(await persistence.restore(stream_id))
