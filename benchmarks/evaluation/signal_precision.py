@@ -104,15 +104,15 @@ def summarise(traces: dict[str, Any]) -> dict[str, Any]:
     signals: dict[str, Any] = {}
     names = dict.fromkeys(name for step in exact["signals"] for name in step)
     for name in names:
-        means = {}
+        steps = {}  # variant -> domain -> the signal's values on the domain's steps
         for variant, run in (("fp32", exact), ("bf16", fast)):
             values = np.array([step.get(name, np.nan) for step in run["signals"]], dtype=float)
-            means[variant] = {d: values[(batch_tags == d) & ~np.isnan(values)] for d in error}
+            steps[variant] = {d: values[(batch_tags == d) & ~np.isnan(values)] for d in error}
         # domains where both report the signal (e.g. no parameter distance while the guard falls back)
-        domains = [d for d in error if len(means["fp32"][d]) and len(means["bf16"][d])]
+        domains = [d for d in error if len(steps["fp32"][d]) and len(steps["bf16"][d])]
         if not domains:
             continue
-        per = {v: [float(m[d].mean()) for d in domains] for v, m in means.items()}
+        per = {v: [float(by_domain[d].mean()) for d in domains] for v, by_domain in steps.items()}
         complete, truth = len(domains) == len(error), list(error.values())
         rho = {v: spearman_with(truth, {name: m}).get(name) if complete else None for v, m in per.items()}
         signals[name] = {

@@ -18,12 +18,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
 from torch import Tensor
 
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
-from adapters.guard_config import GuardConfig
-from adapters.online import DivergenceError, OnlineStream
+from adapters.online import DivergenceError
 from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
@@ -135,7 +133,7 @@ class StreamManager(Residency):
         if len(self.streams) >= self.options.max_streams:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
-        online = await asyncio.to_thread(self._build, adapter, config, guard, state)
+        online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
         await self.budget.fit(online.state_bytes(), self.state_total, lambda extra: self._make_room(None, extra))
@@ -143,30 +141,6 @@ class StreamManager(Residency):
         if state is not None:
             stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
         return stream
-
-    def _build(
-        self, adapter: str, config: dict[str, Any], guard: dict[str, Any] | None, state: dict[str, Any] | None
-    ) -> OnlineStream:
-        """The online adapter, loaded from ``state`` if given; on a worker thread (a CoTTA stream
-        copies the model three times)."""
-        try:
-            guard_config = GuardConfig.model_validate(self.options.guard if guard is None else guard)
-        except ValidationError as exc:
-            raise AdapterError(f"invalid guard config: {exc}") from exc
-        options = self.options
-        online = OnlineStream(
-            create_adapter(adapter, self.source, config),
-            options.min_adapt_batch,
-            self.frozen,
-            options.source_signals,
-            options.signal_window_steps,
-            guard_config,
-            options.dropout_estimate,
-            options.signal_precision,
-        )
-        if state is not None:
-            online.load_state_dict(state)
-        return online
 
     async def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         """A stream from a snapshot's state, replacing a spilled copy (``StreamExistsError`` if the

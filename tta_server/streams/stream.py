@@ -1,14 +1,19 @@
-"""One stream held in memory: its online adapter, ordering lock and dynamic-batching queue."""
+"""One stream held in memory (its online adapter, ordering lock and dynamic-batching queue), and the
+options its online adapter is built with."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pydantic import ValidationError
 from torch import Tensor
 
+from adapters import AdapterError, SourceModel, create_adapter
+from adapters.guard_config import GuardConfig
 from adapters.online import OnlineStream
 from adapters.precision import Resolved
 from tta_server.streams.feedback import FeedbackTotals
@@ -43,6 +48,35 @@ class StreamOptions:
     dropout_estimate: bool = False  # the AETTA-style signal dropout_accuracy (10 classifier passes per step)
     guard: dict[str, Any] = field(default_factory=dict)  # GuardConfig of streams created without one
     handover_wait_s: float = 10.0  # with replicas: how long a request waits for another to hand over
+
+    def build(
+        self,
+        source: SourceModel,
+        frozen: Callable[[Tensor], Tensor],
+        adapter: str,
+        config: dict[str, Any],
+        guard: dict[str, Any] | None,
+        state: dict[str, Any] | None,
+    ) -> OnlineStream:
+        """A stream's online adapter with these options, loaded from ``state`` if given; on a worker
+        thread (a CoTTA stream copies the model three times)."""
+        try:
+            guard_config = GuardConfig.model_validate(self.guard if guard is None else guard)
+        except ValidationError as exc:
+            raise AdapterError(f"invalid guard config: {exc}") from exc
+        online = OnlineStream(
+            create_adapter(adapter, source, config),
+            self.min_adapt_batch,
+            frozen,
+            self.source_signals,
+            self.signal_window_steps,
+            guard_config,
+            self.dropout_estimate,
+            self.signal_precision,
+        )
+        if state is not None:
+            online.load_state_dict(state)
+        return online
 
 
 @dataclass
