@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,10 @@ from adapters.precision import Resolved, compute_precision
 from adapters.signal_windows import SignalWindows
 
 BUFFER_PREFIX = "buffer."
+# a step's phases: the adapter's forward and update (with the undo copy of its state), the source
+# forward behind the signals (when it runs), and the signals, windows and guard (on a GPU, a phase's
+# kernels may finish in the next)
+PHASES = ("adapt", "source_forward", "signals")
 
 
 class DivergenceError(AdapterError):
@@ -87,6 +92,7 @@ class OnlineStream:
         if self.guard.config.falls_back and frozen is None:
             raise ValueError("the guard's fallback policy needs the frozen forward that answers instead")
         self.last_decision: Decision | None = None  # what the guard did in the last step, if anything
+        self.last_phases: dict[str, float] = {}  # seconds of the last step's phases (PHASES)
 
     @property
     def name(self) -> str:
@@ -108,6 +114,7 @@ class OnlineStream:
 
     def step(self, batch: Tensor) -> Tensor:
         """Logits (on the CPU) for ``batch``, adapting now or once enough images are buffered."""
+        started = time.perf_counter()
         self.adapter.validate(batch)  # before any buffering, so a bad batch leaves the stream untouched
         batch = batch.to(self.device)
         self.last_decision = None
@@ -127,8 +134,12 @@ class OnlineStream:
             raise
         shift = None
         falling_back = self.guard.falling_back
+        phases = {"adapt": time.perf_counter() - started}
         if (self.source_signals or falling_back) and source_logits is None:
+            started = time.perf_counter()
             source_logits, shift = self._source_forward(batch)
+            phases["source_forward"] = time.perf_counter() - started
+        started = time.perf_counter()
         # falling back, the source answers; the adapter's own (shadow) prediction feeds the signals
         answer = source_logits if falling_back and source_logits is not None else logits
         adapted = model_signals(self.adapter, self.adapter.steps > steps_before, self.dropout_estimate)
@@ -139,7 +150,9 @@ class OnlineStream:
         decision = self._after_step(batch.shape[0], closed)
         if decision is not None and decision.action == "fallback" and source_logits is not None:
             answer = source_logits  # the batch that showed the problem is answered by the source too
-        return answer.cpu()
+        answer = answer.cpu()
+        self.last_phases = phases | {"signals": time.perf_counter() - started}
+        return answer
 
     def _source_forward(self, batch: Tensor) -> tuple[Tensor, float | None]:
         if self.probe is None:

@@ -45,6 +45,8 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
      "stream steps (predict, and adapt once enough images are buffered)"),
     ("Step duration p99", "s", [(f"histogram_quantile(0.99, sum by (le, adapter) (rate(tta_step_duration_seconds_bucket{{{ADAPTER}}}[{RATE}])))", "{{adapter}}")],
      "one step on the model pool"),
+    ("Step time by phase", "s", [(f"sum by (phase) (rate(tta_step_phase_duration_seconds_sum{{{ADAPTER}}}[{RATE}])) / sum by (phase) (rate(tta_step_phase_duration_seconds_count{{{ADAPTER}}}[{RATE}]))", "{{phase}}")],
+     "mean seconds per step: queue (behind earlier work, the budget, the pool), adapt, source_forward (behind the signals; signal_precision), signals and guard"),
     ("Streams", "short", [(f"sum by (state) (tta_streams{{{SEL}}})", "{{state}}")], "held in memory and spilled to the store"),
     ("Memory budget", "bytes", [
         (f"sum(tta_state_bytes{{{SEL}}})", "stream states"),

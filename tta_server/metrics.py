@@ -81,6 +81,14 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.step_phase_duration = Histogram(
+            "tta_step_phase_duration_seconds",
+            "each phase of a step: queue (behind the stream's earlier work, the memory budget and the pool), "
+            "adapt (the adapter's forward and update), source_forward (behind the signals), signals (and guard)",
+            ["adapter", "phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.transfer_duration = Histogram(
             "tta_stream_transfer_duration_seconds",
             "moving one stream between memory and the snapshot store: spill (write if changed) or wake (read)",
@@ -157,8 +165,12 @@ class ServerMetrics:
         self.http_requests.labels(route, method, str(code)).inc()
         self.http_duration.labels(route, method).observe(seconds)
 
-    def observe_step(self, adapter: str, images: int, seconds: float, signals: dict[str, float]) -> None:
+    def observe_step(
+        self, adapter: str, images: int, seconds: float, signals: dict[str, float], phases: dict[str, float]
+    ) -> None:
         self.step_duration.labels(adapter).observe(seconds)
+        for phase, phase_seconds in phases.items():
+            self.step_phase_duration.labels(adapter, phase).observe(phase_seconds)
         self.step_images.labels(adapter).observe(images)
         if "mean_entropy" in signals:
             self.batch_entropy.labels(adapter).observe(signals["mean_entropy"])

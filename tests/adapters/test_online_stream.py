@@ -1,12 +1,14 @@
-"""The small-request policy and divergence guard of ``adapters.online.OnlineStream``, without HTTP."""
+"""The small-request policy, divergence guard and phase timings of ``adapters.online.OnlineStream``, without HTTP."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
 
 from adapters import AdapterError, InputError, SourceModel, create_adapter, get_frozen_forward
-from adapters.online import DivergenceError, OnlineStream
+from adapters.online import PHASES, DivergenceError, OnlineStream
 from tests.conftest import image_batch
 
 
@@ -96,3 +98,15 @@ def online_report(state: dict[str, object], source: SourceModel) -> dict[str, ob
     fresh = online(source)
     fresh.load_state_dict(state)  # type: ignore[arg-type]
     return fresh.signals.report()
+
+
+def test_a_step_reports_how_long_each_of_its_phases_took(bundled_source: SourceModel) -> None:
+    stream = OnlineStream(create_adapter("tent", bundled_source), 1, get_frozen_forward(bundled_source, "torch"))
+    started = time.perf_counter()
+    stream.step(image_batch(16, seed=5))
+    total = time.perf_counter() - started
+    assert set(stream.last_phases) == set(PHASES) and all(s > 0 for s in stream.last_phases.values())
+    assert sum(stream.last_phases.values()) <= total
+    quiet = OnlineStream(create_adapter("tent", bundled_source), 1, get_frozen_forward(bundled_source), False)
+    quiet.step(image_batch(16, seed=5))
+    assert set(quiet.last_phases) == {"adapt", "signals"}  # no source signals: no source forward

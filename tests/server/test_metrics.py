@@ -49,6 +49,11 @@ def test_metrics_follow_the_traffic_without_stream_ids(url: str) -> None:
     assert got[("tta_http_requests_total", (("code", "404"), ("method", "GET"), ("route", "unmatched")))] == 1
     assert got[("tta_step_duration_seconds_count", (("adapter", "norm"),))] == 3
     assert got[("tta_step_images_sum", (("adapter", "norm"),))] == 6
+    phase = {p: (("adapter", "norm"), ("phase", p)) for p in ("queue", "adapt", "source_forward", "signals")}
+    assert all(got[("tta_step_phase_duration_seconds_count", labels)] == 3 for labels in phase.values())
+    inside = sum(got[("tta_step_phase_duration_seconds_sum", phase[p])] for p in ("adapt", "source_forward", "signals"))
+    step = got[("tta_step_duration_seconds_sum", (("adapter", "norm"),))]
+    assert 0 < inside <= step and got[("tta_step_phase_duration_seconds_sum", phase["adapt"])] > 0
     assert got[("tta_streams", (("state", "in_memory"),))] == 2
     assert got[("tta_batch_mean_confidence_ratio_count", (("adapter", "norm"),))] == 3
     build = [k for k in got if k[0] == "tta_build_info"]

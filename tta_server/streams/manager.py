@@ -65,7 +65,8 @@ class StreamManager(Residency):
         self.undeleted: set[str] = set()  # deleted streams whose snapshot is still to be removed
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
         # called after every step with (adapter, images, seconds, signals): metrics
-        self.step_observers: list[Callable[[str, int, float, dict[str, float]], None]] = []
+        # (adapter, images, step seconds, signals, phase seconds: queue and OnlineStream's PHASES)
+        self.step_observers: list[Callable[[str, int, float, dict[str, float], dict[str, float]], None]] = []
         # called with (adapter, reason, action) for every guard action
         self.guard_observers: list[Callable[[str, str, str], None]] = []
         self.transfer_observers: list[Callable[[str, float], None]] = []  # (spill | wake, seconds)
@@ -195,6 +196,8 @@ class StreamManager(Residency):
         return await enqueue(stream, batch, delay_s, self.options.max_batch_size, self._step)
 
     async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
+        queued = time.perf_counter()  # behind the stream's earlier work, the budget and the pool
+
         def work(s: Stream) -> StepResult:
             started = time.perf_counter()
             try:
@@ -207,8 +210,9 @@ class StreamManager(Residency):
                     for notify in self.guard_observers:
                         notify(s.online.name, decision.reason, decision.action)
             seconds, signals = time.perf_counter() - started, s.online.signals.report()["last_step"]
+            phases = {"queue": started - queued, **s.online.last_phases}
             for observe in self.step_observers:
-                observe(s.online.name, batch.shape[0], seconds, signals)
+                observe(s.online.name, batch.shape[0], seconds, signals, phases)
             decision = s.online.last_decision
             return StepResult(
                 logits,
