@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from adapters import SourceModel
+from adapters import SourceModel, get_frozen_forward
 from adapters.models.loading import file_sha256
 from adapters.models.zoo import WEIGHTS_DIR
 from benchmarks.data.cifar10 import load_cifar10
@@ -30,9 +30,10 @@ def test_clean_accuracy_on_the_shared_test_set_matches_the_metadata(
     test = load_cifar10(shared_cifar10, "test")
     images = torch.from_numpy(test.images).permute(0, 3, 1, 2).float().div(255)
     labels = torch.from_numpy(test.labels)
-    module = bundled_source.module.eval()
+    forward = get_frozen_forward(bundled_source, precision="fp32")  # the serving path's source forward
     correct = sum(
-        int((module(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum()) for i in range(0, len(labels), 1000)
+        int((forward(images[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
+        for i in range(0, len(labels), 1000)
     )
     accuracy = correct / len(labels)
     assert accuracy >= ACCURACY_FLOOR
@@ -48,7 +49,10 @@ def test_logits_are_calibrated_on_held_out_data(bundled_source: SourceModel, sha
     _, holdout, _ = holdout_split(bundled_source, load_cifar10(shared_cifar10, "train"))
     images = torch.from_numpy(holdout.images).permute(0, 3, 1, 2).float().div(255)
     probs = torch.cat(
-        [bundled_source.module.eval()(images[i : i + 500]).softmax(1) for i in range(0, len(images), 500)]
+        [
+            get_frozen_forward(bundled_source, precision="fp32")(images[i : i + 500]).softmax(1)
+            for i in range(0, len(images), 500)
+        ]
     )
     accuracy = float((probs.argmax(1) == torch.from_numpy(holdout.labels)).float().mean())
     confidence = float(probs.amax(1).mean())

@@ -10,6 +10,7 @@ from adapters import Adapter, InputError, SourceModel, list_adapters
 from adapters import create_adapter as _create_adapter
 from adapters.source_model import state_sha256
 from tests.conftest import image_batch, make_tiny_source
+from tests.helpers import FEWER_VIEWS
 
 ADAPTERS = list_adapters()
 _precision = ["fp32"]
@@ -23,7 +24,7 @@ def precision(request: pytest.FixtureRequest) -> str:
 
 
 def create_adapter(name: str, source: SourceModel, config: dict[str, object] | None = None) -> Adapter:
-    return _create_adapter(name, source, {"precision": _precision[0], **(config or {})})
+    return _create_adapter(name, source, {"precision": _precision[0], **FEWER_VIEWS.get(name, {}), **(config or {})})
 
 
 def test_baselines_are_registered() -> None:
