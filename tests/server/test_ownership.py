@@ -138,3 +138,99 @@ def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_p
         asked = b.post("/v1/streams/cam/reset")  # a write: asks, and waits for the handover
         assert asked.status_code in (200, 503), asked.text
         assert '"handover_to": "b"' in record.read_text() or asked.status_code == 200
+
+
+def test_a_deleted_stream_leaves_no_lease_behind_and_is_unknown_to_every_replica(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """Ids that come and go (a stream per session, per job) must not pile up files in the shared
+    store: deleting a stream removes its lease and lock file with its snapshot."""
+
+    async def main() -> None:
+        options = StreamOptions(min_adapt_batch=4, workers=1, auto_create=False, handover_wait_s=0.2)
+        a = StreamManager(tiny_source, options, SnapshotStore(tmp_path), Ownership(tmp_path, "a", ttl_s=60))
+        b = StreamManager(tiny_source, options, SnapshotStore(tmp_path), Ownership(tmp_path, "b", ttl_s=60))
+        try:
+            for i in range(3):
+                await a.create(f"job-{i}", "tent", {})
+                await a.step(f"job-{i}", image_batch(4))
+            a.write_snapshot(a.streams["job-0"])
+            assert len(list((tmp_path / "leases").iterdir())) == 6 and len(list(tmp_path.glob("*.safetensors"))) == 1
+            for i in range(3):
+                await a.delete(f"job-{i}")
+            assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []
+            assert not list(tmp_path.glob("*.safetensors"))
+            assert a.ownership is not None and a.ownership.report()["streams_held"] == 0
+            with pytest.raises(UnknownStreamError):
+                await b.get("job-0")
+            assert sorted(p.name for p in (tmp_path / "leases").iterdir()) == []
+            await b.create("job-0", "tent", {})  # the id can be used again, from generation 1
+            assert b.ownership is not None and b.ownership.held == {"job-0": 1}
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())
+
+
+def test_a_replica_waiting_on_a_forgotten_lock_file_locks_its_successor(tmp_path: Path) -> None:
+    """The lock file is unlinked under its lock when a stream is deleted. A replica that was waiting
+    on it must not then hold a lock on the unlinked file while another replica locks the new one."""
+    import threading
+
+    a, b, c = (Ownership(tmp_path, name, ttl_s=60) for name in "abc")
+    a.acquire("cam")
+    inside: list[tuple[str, float, float]] = []
+    b_waiting, b_inside = threading.Event(), threading.Event()
+
+    def b_section() -> None:
+        b_waiting.set()
+        with b._locked("cam"):  # blocks on a's lock, which a forgets meanwhile
+            entered = time.monotonic()
+            b_inside.set()
+            time.sleep(0.3)
+            inside.append(("b", entered, time.monotonic()))
+
+    with a._locked("cam") as path:
+        thread = threading.Thread(target=b_section)
+        thread.start()
+        b_waiting.wait()
+        time.sleep(0.2)  # b is now blocked in flock on this lock file
+        path.unlink()
+        a._path("cam", ".lock").unlink()  # what forget() does, under the lock
+    assert b_inside.wait(5)
+    with c._locked("cam"):
+        entered = time.monotonic()
+        inside.append(("c", entered, entered))
+    thread.join()
+    (_, _, b_out), (_, c_in, _) = sorted(inside, key=lambda record: record[0])
+    assert c_in >= b_out, "b and c held the stream's lock at the same time"
+
+
+def test_a_stalled_owner_continues_from_the_newer_snapshot_not_its_stale_copy(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """A replica stalls past its TTL, another takes the stream over, adapts it and hands it back
+    (releases it). The stalled replica still has its old copy in memory; its next request must
+    continue from the other replica's snapshot, not from that copy."""
+
+    async def main() -> None:
+        options = StreamOptions(min_adapt_batch=4, workers=1, auto_create=True, handover_wait_s=0.2)
+        a = StreamManager(tiny_source, options, SnapshotStore(tmp_path), Ownership(tmp_path, "a", ttl_s=0.3))
+        b = StreamManager(tiny_source, options, SnapshotStore(tmp_path), Ownership(tmp_path, "b", ttl_s=60))
+        try:
+            assert (await a.step("cam", image_batch(4, 1))).steps == 1
+            a.write_snapshot(a.streams["cam"])
+            time.sleep(0.35)  # a stalls past its TTL; its renewals do not run
+            for seed in (2, 3):
+                await b.step("cam", image_batch(4, seed))
+            b.write_snapshot(b.streams["cam"])
+            assert b.ownership is not None
+            b.ownership.release("cam")  # b is done with it (idle expiry or shutdown)
+            b.drop("cam")
+            assert (await a.step("cam", image_batch(4, 4))).steps == 4  # 1 + b's 2 + this one
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())

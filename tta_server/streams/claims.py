@@ -42,11 +42,16 @@ class Claims:
             self.drop(stream_id)  # a copy without a lease is stale
             return
         if ownership.holds(stream_id):  # renewals stalled (a long step?): make sure it is still ours
+            held = ownership.held[stream_id]
             try:
-                ownership.acquire(stream_id)
+                generation = ownership.acquire(stream_id)
             except StreamOwnedError:
                 self.drop(stream_id)  # taken over meanwhile: this copy is stale
                 raise
+            if generation != held:  # another replica held it (or it was deleted) in between
+                self.drop(stream_id)
+                if self.store is not None and self.store.exists(stream_id):
+                    self.spilled.add(stream_id)  # continue from that replica's latest snapshot
             return
         self.drop(stream_id)  # a copy without a lease is stale (its loss was noticed by a write)
         ownership.acquire(stream_id, ask_handover=not reading)

@@ -275,7 +275,7 @@ class StreamManager(Residency):
                 self.store.delete(stream_id)
             self.undeleted.discard(stream_id)
             if self.ownership is not None:
-                self.ownership.release(stream_id)
+                self.ownership.forget(stream_id)
         except OSError as exc:
             self.undeleted.add(stream_id)
             self.counters["delete_failures"] += 1

@@ -14,6 +14,10 @@ the stream's lock file (POSIX advisory locks: local disks, NFSv4 and most ReadWr
 * ``release``: after the stream's last snapshot (shutdown, a requested handover, idle expiry) the
   lease is marked released and the next replica takes over at once. A killed replica releases
   nothing: its streams move when the TTL runs out, from their last periodic snapshot.
+* ``forget``: a deleted stream's lease and lock file are removed, so ids that come and go leave
+  nothing behind. The lock file is unlinked while it is locked; whoever waited on it then holds
+  a lock on a file no longer in the directory, notices (its inode is not the path's) and locks
+  the path anew, so two replicas never hold "the" lock at once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,12 +62,17 @@ class Ownership:
 
     @contextmanager
     def _locked(self, stream_id: str) -> Iterator[Path]:
-        with open(self._path(stream_id, ".lock"), "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._path(stream_id, ".json")
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        lock_path = self._path(stream_id, ".lock")
+        while True:
+            with open(lock_path, "a+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if not _still_linked(lock.fileno(), lock_path):
+                        continue  # forgotten while we waited: lock the file now at that path
+                    yield self._path(stream_id, ".json")
+                    return
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
     def _read(path: Path) -> Lease | None:
@@ -93,7 +103,9 @@ class Ownership:
                 self.until[stream_id] = lease.expires_at
                 return lease.generation
             if lease is None or lease.released or lease.expires_at <= now or lease.owner == self.replica_id:
-                generation = (lease.generation if lease else 0) + 1
+                # above any generation this replica held too: a lease forgotten (its stream deleted)
+                # and taken again must not look to a stalled holder like the one it held
+                generation = max(lease.generation if lease else 0, self.held.get(stream_id, 0)) + 1
                 self._write(path, Lease(self.replica_id, generation, now + self.ttl_s))
                 self.held[stream_id], self.until[stream_id] = generation, now + self.ttl_s
                 return generation
@@ -153,5 +165,24 @@ class Ownership:
                 self._write(path, lease)
             self.held.pop(stream_id, None)
 
+    def forget(self, stream_id: str) -> None:
+        """Remove a deleted stream's lease and lock file (this replica held it to delete it)."""
+        if stream_id not in self.held:
+            return
+        with self._locked(stream_id) as path:
+            if self._ours(stream_id, self._read(path)):
+                path.unlink(missing_ok=True)
+                self._path(stream_id, ".lock").unlink(missing_ok=True)  # still locked: see the module doc
+            self.held.pop(stream_id, None)
+            self.until.pop(stream_id, None)
+
     def report(self) -> dict[str, object]:
         return {"replica_id": self.replica_id, "lease_ttl_s": self.ttl_s, "streams_held": len(self.held)}
+
+
+def _still_linked(fd: int, path: Path) -> bool:
+    """The open file ``fd`` is the file at ``path`` (not one unlinked and replaced meanwhile)."""
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
