@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,30 +34,69 @@ def test_invalid_settings_name_the_field() -> None:
         Settings(no_such_setting=1)  # type: ignore[call-arg]
 
 
-def test_serve_command_starts_the_server() -> None:
+def test_serve_command_starts_the_server_and_logs_only_json_lines(tmp_path: Path) -> None:
+    """With ``--log-format json`` every line the process writes is a JSON object, also while it
+    profiles a new adapter config's working memory for the budget (torch's C++ side prints there
+    unless told not to)."""
     port = free_port()
     env = {**os.environ, "TTA_DEFAULT_ADAPTER": "norm"}
+    for name in ("TORCH_CPP_LOG_LEVEL", "KINETO_LOG_LEVEL"):
+        env.pop(name, None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "tta_server.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "tta_server.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--log-format",
+            "json",
+            "--memory-budget-bytes",
+            "4000000000",
+            "--snapshot-dir",
+            str(tmp_path),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        text=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.2)
+        created = httpx.post(f"{base}/v1/streams", json={"stream_id": "cam", "adapter": "tent"}, timeout=30)
+        assert created.status_code == 201, created.text
+        image = (REPO / "examples" / "cat.png").read_bytes()
+        answer = httpx.post(
+            f"{base}/v1/predict", files=[("files", ("cat.png", image))], headers={"X-Stream-Id": "cam"}, timeout=60
+        )
+        assert answer.status_code == 200, answer.text
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        output, _ = process.communicate(timeout=30)
+    lines = [line for line in output.splitlines() if line.strip()]
+    not_json = [line for line in lines if not _is_json_object(line)]
+    assert not not_json, not_json
+    messages = [json.loads(line)["message"] for line in lines]
+    assert sum("working memory of" in message for message in messages) == 2, messages  # norm, then tent
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def test_serve_refuses_an_unknown_adapter_at_start() -> None:
