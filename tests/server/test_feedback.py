@@ -39,7 +39,7 @@ def predict(url: str, stream: str, seeds: list[int]) -> tuple[str, list[int], li
     return body["request_id"], [p["class_index"] for p in body["predictions"]], source
 
 
-def send(url: str, stream: str, *items: tuple[str, list[int]]) -> httpx.Response:
+def send(url: str, stream: str, *items: tuple[str, list[object]]) -> httpx.Response:
     body = {"items": [{"request_id": r, "labels": labels} for r, labels in items]}
     return httpx.post(f"{url}/v1/streams/{stream}/feedback", json=body, timeout=60)
 
@@ -69,6 +69,8 @@ def test_bad_feedback_is_refused_and_changes_nothing(url: str) -> None:
         (((request_id, [1, 10]),), 422, "invalid_labels"),  # class 10 of 10
         (((request_id, adapted), (request_id, adapted)), 422, "invalid_labels"),  # twice in one body
         ((("no-such-request", [1]),), 404, "unknown_request"),
+        (((request_id, [True, 1]),), 422, "invalid_request"),  # JSON true is no class index
+        (((request_id, ["1", 1]),), 422, "invalid_request"),
     ]:
         response = send(url, "fb2", *items)
         assert response.status_code == status and response.json()["error"]["code"] == code, response.text

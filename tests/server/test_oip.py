@@ -75,6 +75,20 @@ def tensor_body(datatype: str, shape: list[int], data: list[object]) -> dict[str
 
 
 @pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ([0.5] * 3071 + [True], "a boolean"),
+        ([0.5] * 3071 + ["0.5"], "a string"),
+        ([0.5] * 3071 + [None], "null"),
+        ([[[0.5] * 32] * 32] * 2 + [[[0.5] * 32] * 31 + [[0.5] * 31 + [False]]], "a boolean"),  # nested
+    ],
+)
+def test_tensor_data_must_be_json_numbers(url: str, data: list[object], named: str) -> None:
+    response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=tensor_body("FP32", [1, 3, 32, 32], data))
+    assert response.status_code == 400 and f"must be numbers, got {named}" in response.json()["error"], response.text
+
+
+@pytest.mark.parametrize(
     ("body", "status", "code"),
     [
         ({"inputs": []}, 400, "invalid_request"),

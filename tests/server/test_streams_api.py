@@ -63,6 +63,7 @@ def test_streams_created_on_first_use_take_the_default_adapter(client: httpx.Cli
         ({"stream_id": "x", "adapter": "tent", "config": {"optimizer": {"lr": -1}}}, 400, "adapter_error"),
         ({"stream_id": "bad id with spaces"}, 400, "invalid_stream_id"),
         ({"adapter": "tent"}, 422, "invalid_request"),
+        ({"stream_id": "x", "adaptor": "cotta"}, 422, "invalid_request"),  # a typo is no silent default
     ],
 )
 def test_bad_stream_requests_get_a_json_4xx(client: httpx.Client, body: dict, status: int, code: str) -> None:  # type: ignore[type-arg]

@@ -64,6 +64,10 @@ def from_bytes(raw: bytes, dtype: TensorDtype, shape: tuple[int, ...]) -> torch.
 
 def from_values(values: object, dtype: TensorDtype, shape: tuple[int, ...]) -> torch.Tensor:
     """A tensor from JSON numbers (flat or nested lists), checked against the dtype's range."""
+    others = _leaf_types(values) - {int, float}
+    if others:  # numpy would read true as 1, "0.5" as 0.5 and null as NaN
+        names = ", ".join(sorted(JSON_TYPES.get(kind, kind.__name__) for kind in others))
+        raise _invalid(f"tensor data must be numbers, got {names}")
     try:
         array = np.asarray(values, dtype=np.float64)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -75,6 +79,22 @@ def from_values(values: object, dtype: TensorDtype, shape: tuple[int, ...]) -> t
             raise _invalid("uint8 tensor data must be integers in 0..255")
         return to_batch(array.astype(np.uint8).reshape(shape), dtype)
     return to_batch(array.astype(np.float32).reshape(shape), dtype)
+
+
+JSON_TYPES: dict[type, str] = {bool: "a boolean", str: "a string", type(None): "null", dict: "an object"}
+
+
+def _leaf_types(values: object) -> set[type]:
+    """The types of the non-list elements of nested lists (``set(map(type, ...))`` runs at C speed)."""
+    if not isinstance(values, list):
+        return {type(values)}
+    types = set(map(type, values))
+    if list in types:
+        types.discard(list)
+        for value in values:
+            if isinstance(value, list):
+                types |= _leaf_types(value)
+    return types
 
 
 def to_batch(array: np.ndarray[Any, Any], dtype: TensorDtype) -> torch.Tensor:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
+from pydantic import Field, StrictInt
 
 from tta_server.auth import API
 from tta_server.deps import ServicesDep
+from tta_server.routes.bodies import RequestBody
 from tta_server.routes.docs import ERRORS
 from tta_server.routes.streams import StreamId
 from tta_server.streams import validate_stream_id
@@ -17,12 +18,14 @@ from tta_server.streams import validate_stream_id
 router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS, dependencies=API)
 
 
-class Labels(BaseModel):
+class Labels(RequestBody):
     request_id: str = Field(min_length=1, max_length=128, description="the request_id of a /v1/predict answer")
-    labels: list[int] = Field(min_length=1, description="the true class index of each image, in request order")
+    labels: list[StrictInt] = Field(  # strict: JSON true or "3" is no class index
+        min_length=1, description="the true class index of each image, in request order"
+    )
 
 
-class Feedback(BaseModel):
+class Feedback(RequestBody):
     items: list[Labels] = Field(min_length=1, max_length=1000)
 
 

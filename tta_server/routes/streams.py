@@ -12,6 +12,7 @@ from adapters.guard_config import GuardConfig
 from tta_server.auth import ADMIN, API
 from tta_server.codec.errors import ApiError
 from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep
+from tta_server.routes.bodies import RequestBody
 from tta_server.routes.docs import ERRORS
 from tta_server.streams import STREAM_ID_PATTERN, Stream
 
@@ -19,7 +20,7 @@ router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS, dependencie
 StreamId = Path(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN, description="the stream id")
 
 
-class StreamCreate(BaseModel):
+class StreamCreate(RequestBody):
     stream_id: str = Field(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN)
     adapter: str | None = Field(None, description="registered adapter name (default: the server's default)")
     config: dict[str, Any] = Field(default_factory=dict, description="the adapter's config (see /v1/adapters)")
