@@ -226,3 +226,23 @@ def build_atc_threshold(source: SourceModel, data: SourceData) -> dict[str, Tens
     error = (logits.argmax(1) != data.labels).float().mean()
     threshold = torch.quantile(confidence.double(), error.double()).float()
     return {"threshold": threshold, "holdout_error": error}
+
+
+@register_artefact(
+    "dropout_rate",
+    "dropout rate of the dropout-disagreement accuracy estimate: the rate at which its estimated "
+    "error on shuffled batches of held-out images equals their error",
+)
+def build_dropout_rate(source: SourceModel, data: SourceData) -> dict[str, Tensor]:
+    from adapters.blocks.dropout_estimate import calibrate_rate, logit_scale_of
+
+    logits, features = _source_outputs(source, data)
+    module = source.module
+    if features is None or not isinstance(module, NormalizedModel):
+        raise MissingArtefactError(f"model {source.model_id} exposes no penultimate features to calibrate dropout on")
+    rate, estimated, error = calibrate_rate(features, logits, data.labels, module.classifier, logit_scale_of(module))
+    return {
+        "rate": torch.tensor(rate, dtype=torch.float64),
+        "estimated_error": torch.tensor(estimated),
+        "holdout_error": torch.tensor(error),
+    }

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from adapters.artefacts import ArtefactStore
 from adapters.base import Adapter
-from adapters.blocks.dropout_estimate import dropout_accuracy
+from adapters.blocks.dropout_estimate import DEFAULT_RATE, dropout_accuracy, logit_scale_of
 from adapters.blocks.prototypes import prototype_distance
 from adapters.source_model import SourceModel
 
@@ -32,9 +32,12 @@ def model_signals(adapter: Adapter, updated: bool, dropout_estimate: bool = Fals
     if prototypes is not None and features.shape[1] == prototypes.shape[1]:
         out["prototype_distance"] = prototype_distance(features, logits.argmax(1), prototypes)
     if dropout_estimate and adapter.feature_capture is not None:
-        scale = float(getattr(getattr(adapter.source.module, "net", None), "logit_scale", 1.0))
+        scale = logit_scale_of(adapter.source.module)
         classifier = adapter.feature_capture.classifier
-        out["dropout_accuracy"] = dropout_accuracy(features, logits, classifier, adapter.steps, logit_scale=scale)
+        rate = dropout_rate_of(adapter.source)
+        out["dropout_accuracy"] = dropout_accuracy(
+            features, logits, classifier, adapter.steps, rate=rate, logit_scale=scale
+        )
     return out
 
 
@@ -56,4 +59,14 @@ def atc_threshold_of(source: SourceModel) -> float | None:
             float(store.load("atc_threshold")["threshold"]) if store.has("atc_threshold") else None
         )
     value: float | None = source.cache["atc_threshold"]
+    return value
+
+
+def dropout_rate_of(source: SourceModel) -> float:
+    """The source's calibrated dropout rate (its ``dropout_rate`` artefact; else AETTA's 0.4)."""
+    if "dropout_rate" not in source.cache:
+        store = ArtefactStore(source)
+        has = store.has("dropout_rate")
+        source.cache["dropout_rate"] = float(store.load("dropout_rate")["rate"]) if has else DEFAULT_RATE
+    value: float = source.cache["dropout_rate"]
     return value

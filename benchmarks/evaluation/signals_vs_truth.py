@@ -19,6 +19,7 @@ from scipy.stats import spearmanr
 
 from adapters import SourceModel
 from adapters.blocks.signals import SIGNALS
+from adapters.model_signals import dropout_rate_of
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
 
 # signal -> whose accuracy it estimates
@@ -100,6 +101,7 @@ def run_signals_vs_truth(
         "n_per_domain": n_per_domain,
         "batch_size": batch_size,
         "dropout_estimate": dropout_estimate,
+        **({"dropout_rate": dropout_rate_of(source)} if dropout_estimate else {}),
         "images_per_s": {name: run["images_per_s"] for name, run in runs.items()},
         "data": runs["source"].get("data"),
         "rows": rows,
@@ -125,7 +127,13 @@ def signals_table(report: dict[str, Any]) -> str:
         "between each signal's per-domain mean and the true per-domain online error (sign: direction). "
         "MAE: mean absolute error of an ATC estimate (1 - estimated accuracy) against the true per-domain error "
         "of the model it estimates, in points"
-        + (" (and of the dropout estimate, DO MAE)." if report.get("dropout_estimate") else "."),
+        + (
+            f" (and of the dropout estimate at rate {report['dropout_rate']}, DO MAE)."
+            if report.get("dropout_estimate") and "dropout_rate" in report
+            else " (and of the dropout estimate, DO MAE)."
+            if report.get("dropout_estimate")
+            else "."
+        ),
         "",
         "| adapter | mean error | "
         + " | ".join(shown)

@@ -58,7 +58,7 @@ def test_prepare_builds_stores_and_adapters_load(
     source = with_dir(make_tiny_source(), tmp_path)
     holdout_built = [name for name in list_artefacts() if ARTEFACTS.get(name).split == "holdout"]
     built = prepare_artefacts(source, {"holdout": holdout}, holdout_built)
-    assert set(built) == {"atc_threshold", "source_statistics"}
+    assert set(built) == {"atc_threshold", "source_statistics", "dropout_rate"}
     assert prepare_artefacts(source, {"holdout": holdout}, holdout_built) == []  # present: nothing rebuilt
     with pytest.raises(MissingArtefactError, match="'train' split"):
         prepare_artefacts(source, {"holdout": holdout}, ["rmt_prototypes"])
