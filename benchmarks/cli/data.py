@@ -23,7 +23,9 @@ def register(commands: Any) -> None:
         "make-cifar10c",
         "build CIFAR-10-C (official layout) from a CIFAR-10 test set (about 5 min on 2 cores)",
         "Corrupt every test image with each corruption at severities 1-5 and write <corruption>.npy, labels.npy, "
-        "order.npy and manifest.json (resumable; bit-identical for a seed).",
+        "order.npy and manifest.json (resumable; bit-identical for a seed). With --split holdout, the model's "
+        "held-out train images instead: a validation stream of the same layout, for choosing guard limits or "
+        "hyper-parameters without looking at the test set.",
     )
     make_c.add_argument("--data", type=Path, default=None, help="CIFAR-10 folder, tarball or python batches")
     make_c.add_argument("--out", type=Path, required=True, help="output directory")
@@ -32,6 +34,13 @@ def register(commands: Any) -> None:
     make_c.add_argument("--seed", type=int, default=0, help="row permutation and corruption randomness")
     make_c.add_argument("--no-shuffle", action="store_true", help="keep the source order (e.g. the python batches)")
     make_c.add_argument("--workers", type=int, default=None, help="processes (None: all cores)")
+    make_c.add_argument(
+        "--split",
+        choices=("test", "holdout"),
+        default="test",
+        help="test: CIFAR-10-C; holdout: the train images --model set aside (never trained on)",
+    )
+    make_c.add_argument("--model", default="cifar10-airbench", help="whose hold-out --split holdout takes")
     make_c.set_defaults(run=run_make_cifar10c)
 
     make_in = add_command(
@@ -54,8 +63,16 @@ def run_make_cifar10c(args: argparse.Namespace) -> None:
     from benchmarks.data.build import build_cifar10c
     from benchmarks.data.cifar10 import load_cifar10
 
+    data = shared_cifar10(args.data)
+    if args.split == "holdout":
+        from adapters import create_source_model
+        from benchmarks.source_model.prepare import holdout_split
+
+        _, images, _ = holdout_split(create_source_model(args.model), load_cifar10(data, "train"))
+    else:
+        images = load_cifar10(data, "test")
     manifest = build_cifar10c(
-        load_cifar10(shared_cifar10(args.data), "test"),
+        images,
         args.out,
         corruption_names(args.corruptions),
         seed=args.seed,
@@ -64,7 +81,7 @@ def run_make_cifar10c(args: argparse.Namespace) -> None:
         workers=args.workers,
     )
     manifest.pop("done")
-    print(json.dumps({**manifest, "out": str(args.out)}, indent=1))
+    print(json.dumps({**manifest, "split": args.split, "out": str(args.out)}, indent=1))
 
 
 def run_make_imagenet_c(args: argparse.Namespace) -> None:

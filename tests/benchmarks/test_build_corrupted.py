@@ -12,7 +12,7 @@ from PIL import Image
 
 from benchmarks.cli import main as bench_main
 from benchmarks.data.build import build_cifar10c, chunk_generator
-from benchmarks.data.cifar10 import CLASSES, DatasetError, ImageArrays, load_cifar10
+from benchmarks.data.cifar10 import CLASSES, DatasetError, ImageArrays, load_cifar10, stratified_holdout
 from benchmarks.data.cifar10c import load_cifar10c
 from benchmarks.data.corruptions import CIFAR_CORRUPTIONS
 
@@ -96,3 +96,34 @@ def test_cli_builds_from_a_data_folder(tmp_path: Path, capsys: pytest.CaptureFix
     assert np.load(out / "spatter.npy").shape == (50, 32, 32, 3)  # one default-size chunk per severity
     with pytest.raises(DatasetError, match="unknown corruptions"):
         bench_main(["make-cifar10c", "--data", str(tmp_path / "cifar"), "--out", str(out), "--corruptions", "haze"])
+
+
+def test_cli_builds_a_validation_stream_from_the_models_held_out_train_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--split holdout``: the bundled model's 200 held-out train images per class, in the same layout."""
+    rng = np.random.default_rng(3)
+    train = ImageArrays(rng.integers(0, 256, size=(2500, 32, 32, 3), dtype=np.uint8), np.arange(2500) % 10)
+    _write_png_folder(tmp_path / "cifar", _class_sorted_images(per_class=1))
+    for index, (image, label) in enumerate(zip(train.images, train.labels, strict=True)):
+        folder = tmp_path / "cifar" / "train" / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:04d}.png")
+    out = tmp_path / "val"
+    args = ["--corruptions", "pixelate", "--workers", "1", "--split", "holdout", "--no-shuffle"]
+    bench_main(["make-cifar10c", "--data", str(tmp_path / "cifar"), "--out", str(out), *args])
+    assert json.loads(capsys.readouterr().out)["split"] == "holdout"
+    clean = load_cifar10(tmp_path / "cifar", "train")
+    _, held_out = stratified_holdout(clean.labels, 200, 0)  # the bundled model's metadata: 200/class, seed 0
+    assert np.array_equal(np.load(out / "labels.npy"), np.tile(clean.labels[held_out], 5))
+    assert np.load(out / "pixelate.npy").shape == (5 * 2000, 32, 32, 3)
+    direct = build_cifar10c(
+        ImageArrays(clean.images[held_out], clean.labels[held_out]),
+        tmp_path / "direct",
+        ("pixelate",),
+        shuffle=False,
+        workers=1,
+        progress=False,
+    )
+    assert direct["fingerprint"] == json.loads((out / "manifest.json").read_text())["fingerprint"]
+    assert np.array_equal(np.load(out / "pixelate.npy"), np.load(tmp_path / "direct" / "pixelate.npy"))
