@@ -19,6 +19,7 @@ from tta_server.codec.errors import ApiError
 TensorDtype = Literal["uint8", "float32"]
 LAYOUTS: dict[str, str] = {"uint8": "(N, H, W, 3)", "float32": "(N, 3, H, W)"}
 NUMPY: dict[str, np.dtype[Any]] = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
+JSON_TYPES: dict[type, str] = {bool: "a boolean", str: "a string", type(None): "null", dict: "an object"}
 
 
 def _invalid(message: str) -> ApiError:
@@ -79,9 +80,6 @@ def from_values(values: object, dtype: TensorDtype, shape: tuple[int, ...]) -> t
             raise _invalid("uint8 tensor data must be integers in 0..255")
         return to_batch(array.astype(np.uint8).reshape(shape), dtype)
     return to_batch(array.astype(np.float32).reshape(shape), dtype)
-
-
-JSON_TYPES: dict[type, str] = {bool: "a boolean", str: "a string", type(None): "null", dict: "an object"}
 
 
 def _leaf_types(values: object) -> set[type]:
