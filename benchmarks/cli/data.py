@@ -79,9 +79,10 @@ def run_make_cifar10c(args: argparse.Namespace) -> None:
         shuffle=not args.no_shuffle,
         constants=args.constants,
         workers=args.workers,
+        split=args.split,
     )
     manifest.pop("done")
-    print(json.dumps({**manifest, "split": args.split, "out": str(args.out)}, indent=1))
+    print(json.dumps({**manifest, "out": str(args.out)}, indent=1))
 
 
 def run_make_imagenet_c(args: argparse.Namespace) -> None:

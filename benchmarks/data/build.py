@@ -82,8 +82,10 @@ def build_cifar10c(
     workers: int | None = None,
     progress: bool = True,
     chunk: int = CHUNK,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Write the corrupted arrays under ``out``; returns the manifest (with the build time)."""
+    """Write the corrupted arrays under ``out``; returns the manifest (with the build time).
+    ``split`` names the clean images in the manifest (``test``, or ``holdout`` for a validation stream)."""
     unknown = [name for name in corruptions if name not in ALL_CORRUPTIONS]
     if unknown:
         raise DatasetError(f"unknown corruptions {unknown}; expected names from {ALL_CORRUPTIONS}")
@@ -106,6 +108,7 @@ def build_cifar10c(
         )
     manifest.update(
         format="cifar10c",
+        split=split,
         fingerprint=fingerprint,
         constants=constants,
         seed=seed,

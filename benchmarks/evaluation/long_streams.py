@@ -125,6 +125,12 @@ def adapter_of(label: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]
     return name, config
 
 
+def data_split(data: Path) -> str:
+    """Which clean images ``data`` was corrupted from (its manifest's ``split``; ``test`` if unsaid)."""
+    manifest = data / "manifest.json"
+    return str(json.loads(manifest.read_text()).get("split", "test")) if manifest.is_file() else "test"
+
+
 def run_long_streams(
     source: SourceModel,
     data: Path,
@@ -175,6 +181,7 @@ def run_long_streams(
         "reset_every_steps": reset_every_steps,
         "adapter_configs": adapter_configs or {},
         "source_signals": source_signals,
+        "split": data_split(data),
         "streams": {},
     }
     for stream in (s for s in STREAMS if s in streams):

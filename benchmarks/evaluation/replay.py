@@ -98,7 +98,7 @@ def replay_dataset(
     manifest = data / "manifest.json"
     if manifest.is_file():  # how the data set was built (tta-bench make-cifar10c / make-imagenet-c)
         built = json.loads(manifest.read_text())
-        result["data"] = {k: built.get(k) for k in ("format", "fingerprint", "constants", "seed", "shuffled")}
+        result["data"] = {k: built.get(k) for k in ("format", "split", "fingerprint", "constants", "seed", "shuffled")}
     return result
 
 

@@ -10,6 +10,11 @@ from adapters.blocks.signals import SIGNALS
 from benchmarks.evaluation.signals_vs_truth import spearman_with
 from benchmarks.reporting.guard_plots import plot_signal_trends, plot_visit_errors
 
+DATA = {
+    "test": "CIFAR-10-C",
+    "holdout": "the validation stream (the model's held-out train images, corrupted as CIFAR-10-C),",
+}
+
 
 def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -31,9 +36,8 @@ def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Long and hostile streams, with and without the collapse guard",
         "",
-        f"Model `{report['model']}`, CIFAR-10-C severity 5, batch {report['batch_size']}. "
-        + " ".join(settings)
-        + " Error in %.",
+        f"Model `{report['model']}`, {DATA.get(report.get('split', 'test'), 'CIFAR-10-C')} severity 5, "
+        f"batch {report['batch_size']}. " + " ".join(settings) + " Error in %.",
         "",
     ]
     for label, config in report.get("adapter_configs", {}).items():

@@ -112,7 +112,7 @@ def test_cli_builds_a_validation_stream_from_the_models_held_out_train_images(
     out = tmp_path / "val"
     args = ["--corruptions", "pixelate", "--workers", "1", "--split", "holdout", "--no-shuffle"]
     bench_main(["make-cifar10c", "--data", str(tmp_path / "cifar"), "--out", str(out), *args])
-    assert json.loads(capsys.readouterr().out)["split"] == "holdout"
+    assert json.loads(capsys.readouterr().out)["split"] == "holdout"  # also in the manifest: reports say so
     clean = load_cifar10(tmp_path / "cifar", "train")
     _, held_out = stratified_holdout(clean.labels, 200, 0)  # the bundled model's metadata: 200/class, seed 0
     assert np.array_equal(np.load(out / "labels.npy"), np.tile(clean.labels[held_out], 5))
