@@ -135,24 +135,31 @@ class OnlineStream:
         shift = None
         falling_back = self.guard.falling_back
         phases = {"adapt": time.perf_counter() - started}
+        probed = False  # source_logits came from the signals' probe, not from the frozen forward
         if (self.source_signals or falling_back) and source_logits is None:
             started = time.perf_counter()
             source_logits, shift = self._source_forward(batch)
+            probed = self.probe is not None
             phases["source_forward"] = time.perf_counter() - started
         started = time.perf_counter()
-        # falling back, the source answers; the adapter's own (shadow) prediction feeds the signals
-        answer = source_logits if falling_back and source_logits is not None else logits
         adapted = model_signals(self.adapter, self.adapter.steps > steps_before, self.dropout_estimate)
         sums = step_sums(logits, source_logits, self.atc_threshold, shift, adapted)
         marginal = None if source_logits is None else source_logits.float().softmax(1).sum(0)
         closed = self.signals.add(sums, marginal)
         self.last_source_classes = None if source_logits is None else source_logits.argmax(1).cpu()
         decision = self._after_step(batch.shape[0], closed)
-        if decision is not None and decision.action == "fallback" and source_logits is not None:
-            answer = source_logits  # the batch that showed the problem is answered by the source too
-        answer = answer.cpu()
-        self.last_phases = phases | {"signals": time.perf_counter() - started}
-        return answer
+        phases["signals"] = time.perf_counter() - started
+        answer = logits
+        # falling back (from this batch, which showed the problem, on), the source answers and the
+        # adapter's own (shadow) prediction feeds the signals. The answer is the frozen forward's,
+        # as for a `source` stream, not the probe's, whose precision (signal_precision) may differ
+        if falling_back or (decision is not None and decision.action == "fallback"):
+            started = time.perf_counter()
+            assert self.frozen is not None  # a guard that can fall back needs it (checked at creation)
+            answer = source_logits if source_logits is not None and not probed else self.frozen(batch)
+            phases["source_forward"] = phases.get("source_forward", 0.0) + time.perf_counter() - started
+        self.last_phases = phases
+        return answer.cpu()
 
     def _source_forward(self, batch: Tensor) -> tuple[Tensor, float | None]:
         if self.probe is None:

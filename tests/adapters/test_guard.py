@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
 from adapters.blocks.bn_shift import batchnorm_probe
 from adapters.blocks.signals import step_sums
+from adapters.frozen import TorchFrozenForward
 from adapters.guard import Guard
 from adapters.guard_config import GuardConfig
 from adapters.online import DivergenceError, OnlineStream
@@ -267,6 +269,22 @@ def test_a_fallback_answers_the_batch_that_triggered_it_with_the_source(tiny_sou
     answer = stream.step(flat)  # this batch's window fires
     assert stream.last_decision is not None and stream.last_decision.action == "fallback"
     torch.testing.assert_close(answer, frozen(flat))
+
+
+def test_the_fallback_answers_exactly_as_the_frozen_source_forward_whatever_the_signal_precision(
+    tiny_source: SourceModel,
+) -> None:
+    """The fallback's answers are the served source model's (the frozen forward, which also answers
+    a ``source`` stream), not the signals' fp32 probe's: with a bf16 frozen forward they differ."""
+    frozen = TorchFrozenForward(copy.deepcopy(tiny_source.module), "bf16")
+    guard = {"policy": "fallback", "thresholds": [ALWAYS]}
+    stream = OnlineStream(create_adapter("tent", tiny_source), 1, frozen, True, 1, guard)
+    for seed in (1, 2):  # the batch that triggers the fallback, then one while falling back
+        batch = image_batch(8, seed=seed)
+        answer = stream.step(batch)
+        assert stream.guard.falling_back and torch.equal(answer, frozen(batch))
+    probe = batchnorm_probe(tiny_source)
+    assert probe is not None and not torch.equal(probe(batch)[0], frozen(batch))  # the case that matters
 
 
 def test_an_early_threshold_acts_on_the_window_in_progress_from_its_third_step(tiny_source: SourceModel) -> None:
