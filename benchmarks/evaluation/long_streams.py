@@ -30,7 +30,7 @@ import numpy as np
 from adapters import SourceModel, list_adapters
 from adapters.atomic import atomic_write_text
 from adapters.blocks.signals import SIGNALS
-from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
+from benchmarks.evaluation.replay import ReplayConfig, built_with, replay_dataset
 from benchmarks.evaluation.signals_vs_truth import per_domain_signals
 
 # Answer with the source while a window's batches are label-correlated (label_dependence above 0.1
@@ -125,12 +125,6 @@ def adapter_of(label: str, config: dict[str, Any]) -> tuple[str, dict[str, Any]]
     return name, config
 
 
-def data_split(data: Path) -> str:
-    """Which clean images ``data`` was corrupted from (its manifest's ``split``; ``test`` if unsaid)."""
-    manifest = data / "manifest.json"
-    return str(json.loads(manifest.read_text()).get("split", "test")) if manifest.is_file() else "test"
-
-
 def run_long_streams(
     source: SourceModel,
     data: Path,
@@ -181,7 +175,7 @@ def run_long_streams(
         "reset_every_steps": reset_every_steps,
         "adapter_configs": adapter_configs or {},
         "source_signals": source_signals,
-        "split": data_split(data),
+        "split": (built_with(data) or {}).get("split") or "test",  # which clean images were corrupted
         "streams": {},
     }
     for stream in (s for s in STREAMS if s in streams):

@@ -95,11 +95,18 @@ def replay_dataset(
         config.visits,
     )
     result = replay(source, segments, config, progress, server)
-    manifest = data / "manifest.json"
-    if manifest.is_file():  # how the data set was built (tta-bench make-cifar10c / make-imagenet-c)
-        built = json.loads(manifest.read_text())
-        result["data"] = {k: built.get(k) for k in ("format", "split", "fingerprint", "constants", "seed", "shuffled")}
+    if (built := built_with(data)) is not None:
+        result["data"] = built
     return result
+
+
+def built_with(data: Path) -> dict[str, Any] | None:
+    """How ``data`` was built (its ``tta-bench make-cifar10c`` / ``make-imagenet-c`` manifest), if known."""
+    manifest = data / "manifest.json"
+    if not manifest.is_file():
+        return None
+    built = json.loads(manifest.read_text())
+    return {k: built.get(k) for k in ("format", "split", "fingerprint", "constants", "seed", "shuffled")}
 
 
 def replay_orders(

@@ -119,6 +119,7 @@ def run_signals_vs_truth(
 def signals_table(report: dict[str, Any]) -> str:
     shown = [s for s in SIGNALS if any(s in row["spearman"] for row in report["rows"])]
     dropout = bool(report.get("dropout_estimate"))
+    rate = f" at rate {report['dropout_rate']}" if "dropout_rate" in report else ""
     lines = [
         "# Label-free signals against the true online error",
         "",
@@ -126,14 +127,7 @@ def signals_table(report: dict[str, Any]) -> str:
         f"batch {report['batch_size']}, model `{report['model']}`. Spearman rank correlation over the 15 domains "
         "between each signal's per-domain mean and the true per-domain online error (sign: direction). "
         "MAE: mean absolute error of an ATC estimate (1 - estimated accuracy) against the true per-domain error "
-        "of the model it estimates, in points"
-        + (
-            f" (and of the dropout estimate at rate {report['dropout_rate']}, DO MAE)."
-            if report.get("dropout_estimate") and "dropout_rate" in report
-            else " (and of the dropout estimate, DO MAE)."
-            if report.get("dropout_estimate")
-            else "."
-        ),
+        "of the model it estimates, in points" + (f" (and of the dropout estimate{rate}, DO MAE)." if dropout else "."),
         "",
         "| adapter | mean error | "
         + " | ".join(shown)

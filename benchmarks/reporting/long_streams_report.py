@@ -12,7 +12,7 @@ from benchmarks.reporting.guard_plots import plot_signal_trends, plot_visit_erro
 
 DATA = {
     "test": "CIFAR-10-C",
-    "holdout": "the validation stream (the model's held-out train images, corrupted as CIFAR-10-C),",
+    "holdout": "the validation stream (the model's held-out train images, corrupted as CIFAR-10-C)",
 }
 
 
@@ -36,7 +36,7 @@ def write_long_stream_report(report: dict[str, Any], out_dir: Path) -> None:
     lines = [
         "# Long and hostile streams, with and without the collapse guard",
         "",
-        f"Model `{report['model']}`, {DATA.get(report.get('split', 'test'), 'CIFAR-10-C')} severity 5, "
+        f"Model `{report['model']}`, {DATA.get(report.get('split', 'test'), 'CIFAR-10-C')}, severity 5, "
         f"batch {report['batch_size']}. " + " ".join(settings) + " Error in %.",
         "",
     ]

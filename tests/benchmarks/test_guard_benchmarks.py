@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.data.cifar10c import CORRUPTIONS
 from benchmarks.evaluation.long_streams import run_long_streams, series, signal_series
+from benchmarks.evaluation.replay import built_with
 from benchmarks.evaluation.signal_precision import run_signal_precision, signal_precision_table
 from benchmarks.evaluation.signals_vs_truth import correlations, run_signals_vs_truth
 from tests.conftest import make_tiny_source
@@ -94,6 +95,27 @@ def test_long_streams_compare_variants_per_visit(
     monkeypatch.setattr(module, "replay_dataset", refuse)
     again = run_long_streams(make_tiny_source(), small_cifar10c, ["tent"], out_dir=tmp_path, progress=False, **settings)
     assert again["streams"] == report["streams"]
+
+
+BUILT_KEYS = ("format", "split", "fingerprint", "constants", "seed", "shuffled")
+
+
+def test_a_long_stream_report_says_when_it_ran_on_the_validation_stream(small_cifar10c: Path, tmp_path: Path) -> None:
+    validation = tmp_path / "val"
+    validation.mkdir()
+    for file in small_cifar10c.glob("*.npy"):
+        (validation / file.name).symlink_to(file)
+    (validation / "manifest.json").write_text(json.dumps({"format": "cifar10c", "split": "holdout"}))
+    settings: dict[str, Any] = {"visits": 1, "n_per_visit": 16, "variants": ["no guard"], "streams": ["recurring"]}
+    for data, split, named in (
+        (small_cifar10c, "test", "CIFAR-10-C, severity 5"),
+        (validation, "holdout", "validation stream"),
+    ):
+        out = tmp_path / split
+        report = run_long_streams(make_tiny_source(), data, ["norm"], out_dir=out, progress=False, **settings)
+        assert report["split"] == split and named in (out / "long_streams.md").read_text()
+    assert built_with(validation) == {**dict.fromkeys(BUILT_KEYS), "format": "cifar10c", "split": "holdout"}
+    assert built_with(small_cifar10c) is None  # what every replay records as its data
 
 
 def test_long_streams_run_only_the_variants_asked_and_refuse_unknown_ones(small_cifar10c: Path, tmp_path: Path) -> None:
