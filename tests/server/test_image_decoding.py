@@ -63,3 +63,12 @@ def test_arbitrary_bytes_give_a_4xx_or_an_image(payload: bytes, magic: bytes) ->
         assert exc.status == 422 and exc.message.startswith("img")
     else:
         assert tensor.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize(("payload", "fragment"), [(b"", "is empty"), (b"hello, world", "not in an image format")])
+def test_unreadable_files_are_named_without_internal_object_names(payload: bytes, fragment: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        decode_image(payload, "image 0 (a.bin)", PRE, 10**6)
+    assert caught.value.status == 422
+    assert fragment in caught.value.message and "PNG, JPEG" in caught.value.message
+    assert "BytesIO" not in caught.value.message and "0x" not in caught.value.message

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from adapters.source_model import Preprocessing
@@ -40,6 +40,9 @@ def decode_image(payload: bytes, label: str, preprocessing: Preprocessing, max_p
             return to_model_input(rgb, label, preprocessing)
     except ApiError:
         raise
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the problem
+        what = "is empty" if not payload else "is not in an image format the server reads"
+        raise _invalid(f"{label}: {what}; send PNG, JPEG, WebP, BMP, GIF or TIFF files") from None
     except Exception as exc:  # decoders raise many types (OSError, SyntaxError, struct.error, ...)
         raise _invalid(f"{label}: not a decodable image ({type(exc).__name__}: {str(exc)[:160]})") from None
 
