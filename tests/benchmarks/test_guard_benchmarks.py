@@ -256,3 +256,23 @@ def test_signal_precision_compares_fp32_and_bf16_signals_in_lockstep(small_cifar
     text = signal_precision_table(report, tmp_path)
     assert "| norm | continual |" in text and "| bn_shift |" in text
     assert json.loads((tmp_path / "signal_precision.json").read_text())["results"][0]["stream"] == "continual"
+
+
+def test_the_guard_vs_periodic_table_reads_each_paired_difference() -> None:
+    from benchmarks.reporting.long_streams_report import guard_vs_periodic_table, paired_difference
+
+    rng = np.random.default_rng(0)
+    periodic = list(0.25 + rng.normal(0, 0.002, 20))
+    runs = [{"adapter": "source", "variant": "source", "per_visit_error": [0.4] * 20}]
+    for adapter, shift in (("better", -0.01), ("same", 0.0), ("worse", 0.01)):
+        guard = [e + shift + n for e, n in zip(periodic, rng.normal(0, 0.001, 20), strict=True)]
+        runs += [
+            {"adapter": adapter, "variant": "guard", "per_visit_error": guard if shift else periodic},
+            {"adapter": adapter, "variant": "periodic reset", "per_visit_error": periodic},
+        ]
+    runs.append({"adapter": "lonely", "variant": "guard", "per_visit_error": periodic})
+    rows = guard_vs_periodic_table(runs, "per_visit_error")
+    readings = {row.split(" | ")[0].strip("| "): row.split(" | ")[-1].strip(" |") for row in rows if "[" in row}
+    assert readings == {"better": "guard better", "same": "no difference", "worse": "periodic better"}
+    mean, low, high = paired_difference([0.30, 0.31, 0.32, 0.33], [0.29, 0.30, 0.31, 0.33])
+    assert mean == pytest.approx(0.75) and low <= mean <= high
