@@ -38,7 +38,7 @@ STATE_FORMAT = 1
 class AdapterConfig(BaseModel):
     """Common settings; each adapter extends this with its paper's hyper-parameters."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     seed: int = Field(0, description="seed of the adapter's own random generator")
     precision: Precision = Field(

@@ -22,7 +22,7 @@ def _known_signal(name: str) -> str:
 
 
 class Threshold(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     signal: str = Field(description="a windowed signal, e.g. source_agreement or majority_share")
     below: float | None = Field(None, description="fire when the window's value is below this")
@@ -46,7 +46,7 @@ class Threshold(BaseModel):
 class GuardConfig(BaseModel):
     """A stream's guard; the default has no trigger (a diverged step is only undone)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     policy: Policy = Field("reset", description="what a threshold, trend or non-finite trigger does")
     # bounded: a client's stream config must not make every window close cost unbounded work

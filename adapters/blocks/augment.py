@@ -35,7 +35,7 @@ _GREY = (0.299, 0.587, 0.114)
 class AugmentConfig(BaseModel):
     """Ranges of the CoTTA augmentation; the defaults are the reference (non-"soft") ones."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     brightness: tuple[float, float] = Field((0.6, 1.4), description="multiplicative brightness factor range")
     contrast: tuple[float, float] = Field((0.7, 1.3), description="contrast factor range (blend with grey mean)")

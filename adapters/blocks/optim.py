@@ -13,7 +13,7 @@ from torch import Tensor
 class OptimizerConfig(BaseModel):
     """Adam: betas (0.9, 0.999), no weight decay. SGD: momentum 0.9, Nesterov, no weight decay."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Literal["adam", "sgd"] = Field("adam", description="adam or sgd")
     # bounds: the papers use 1e-5..0.05; above 1 every method here diverges at once

@@ -29,7 +29,7 @@ from benchmarks.evaluation.stream_settings import Loader, Segment, Setting, buil
 
 
 class ReplayConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     adapter: str
     adapter_config: dict[str, Any] = Field(default_factory=dict)

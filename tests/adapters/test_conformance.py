@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import typing
+
 import pytest
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from adapters import Adapter, InputError, SourceModel, list_adapters
@@ -224,3 +228,37 @@ def test_configs_that_would_exhaust_memory_are_refused(name: str, config: dict[s
 
     with pytest.raises(AdapterError, match="invalid config"):
         get_adapter_class(name).parse_config(config)
+
+
+def _float_options(config: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Paths of every float option of a config, nested configs (optimizer, augment) included."""
+    paths: list[tuple[str, ...]] = []
+    for key, field in config.model_fields.items():
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        if float in kinds:
+            paths.append((*prefix, key))
+        paths += [
+            path
+            for kind in kinds
+            if isinstance(kind, type) and issubclass(kind, BaseModel)
+            for path in _float_options(kind, (*prefix, key))
+        ]
+    return paths
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_config_values_are_refused(name: str, value: float) -> None:
+    """A client's NaN or infinite option (JSON NaN, or 1e999) never builds a stream: a NaN limit
+    compares false and an infinite weight makes every step diverge, both silently."""
+    from adapters import AdapterError, get_adapter_class
+
+    config_class = get_adapter_class(name).Config
+    paths = _float_options(config_class)
+    assert paths or name in ("source", "norm", "tent")
+    for path in paths:
+        config: dict[str, object] = {path[-1]: value}
+        for key in reversed(path[:-1]):
+            config = {key: config}
+        with pytest.raises(AdapterError, match="invalid config"):
+            get_adapter_class(name).parse_config(config)

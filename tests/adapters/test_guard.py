@@ -207,6 +207,11 @@ def test_guard_configs_are_validated() -> None:
         GuardConfig.model_validate({"max_drop": {"atc_accuracy": -0.1}})
     with pytest.raises(ValidationError):
         GuardConfig.model_validate({"policy": "explode"})
+    for limit in (float("nan"), float("inf")):  # a NaN limit never fires: a guard that silently does nothing
+        with pytest.raises(ValidationError, match="finite number"):
+            GuardConfig.model_validate({"thresholds": [{"signal": "majority_share", "above": limit}]})
+        with pytest.raises(ValidationError, match="finite number"):
+            GuardConfig.model_validate({"max_drop": {"atc_accuracy": limit}})
 
 
 def test_fallback_resumes_only_after_resume_after_windows_quiet_windows(tiny_source: SourceModel) -> None:

@@ -64,10 +64,20 @@ def test_streams_created_on_first_use_take_the_default_adapter(client: httpx.Cli
         ({"stream_id": "bad id with spaces"}, 400, "invalid_stream_id"),
         ({"adapter": "tent"}, 422, "invalid_request"),
         ({"stream_id": "x", "adaptor": "cotta"}, 422, "invalid_request"),  # a typo is no silent default
+        # NaN and 1e999 (infinity) are numbers to Python's JSON parser, not to a config
+        (b'{"stream_id": "x", "adapter": "cotta", "config": {"augment": {"noise_std": 1e999}}}', 400, "adapter_error"),
+        (
+            b'{"stream_id": "x", "guard": {"thresholds": [{"signal": "majority_share", "above": NaN}]}}',
+            422,
+            "invalid_guard",
+        ),
     ],
 )
-def test_bad_stream_requests_get_a_json_4xx(client: httpx.Client, body: dict, status: int, code: str) -> None:  # type: ignore[type-arg]
-    response = client.post("/v1/streams", json=body)
+def test_bad_stream_requests_get_a_json_4xx(client: httpx.Client, body: dict | bytes, status: int, code: str) -> None:  # type: ignore[type-arg]
+    if isinstance(body, bytes):  # what a JSON encoder would refuse to write
+        response = client.post("/v1/streams", content=body, headers={"Content-Type": "application/json"})
+    else:
+        response = client.post("/v1/streams", json=body)
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert client.get("/v1/streams/x").status_code == 404  # nothing half-created
 

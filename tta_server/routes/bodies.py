@@ -7,4 +7,4 @@ from pydantic import BaseModel, ConfigDict
 
 
 class RequestBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
