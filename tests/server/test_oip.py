@@ -104,6 +104,14 @@ def test_bad_infer_requests_get_a_json_4xx(url: str, body: dict, status: int, co
     assert httpx.get(f"{url}/v2/models/other/ready").status_code == 404
 
 
+def test_an_input_of_another_name_is_refused_not_classified(url: str) -> None:
+    body = tensor_body("FP32", [1, 3, 32, 32], [0.5] * 3072)
+    body["inputs"][0]["name"] = "input_1"  # type: ignore[index]
+    response = httpx.post(f"{url}/v2/models/{MODEL}/infer", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == "unknown input 'input_1'; this model's input is 'INPUT'"
+
+
 def test_tritonclient_reads_errors_config_statistics_and_the_repository(client) -> None:  # type: ignore[no-untyped-def]
     from tritonclient.utils import InferenceServerException
 

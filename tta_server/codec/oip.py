@@ -18,6 +18,7 @@ from tta_server.codec.errors import ApiError
 from tta_server.codec.jsonbody import parse_json
 
 OIP_DTYPES: dict[str, tensors.TensorDtype] = {"UINT8": "uint8", "FP32": "float32"}
+INPUT = "INPUT"  # the one input the model metadata declares
 OUTPUTS = ("PROBABILITIES", "CLASS")
 SCALAR = str | int | float | bool
 
@@ -68,8 +69,10 @@ def decode_infer(body: bytes, header_length: str | None, size: tuple[int, int], 
         _flag(parameters, key)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise _invalid("expected exactly one input tensor, INPUT")
+        raise _invalid(f"expected exactly one input tensor, {INPUT}")
     spec = inputs[0]
+    if spec.get("name") != INPUT:  # a tensor meant for another model is not silently classified
+        raise _invalid(f"unknown input {str(spec.get('name'))[:40]!r}; this model's input is {INPUT!r}")
     dtype = tensors.parse_dtype(spec.get("datatype"), OIP_DTYPES)
     shape = tensors.check_shape(spec.get("shape"), dtype, size, max_images)
     input_parameters = _parameters(spec.get("parameters"), "input")
@@ -81,7 +84,7 @@ def decode_infer(body: bytes, header_length: str | None, size: tuple[int, int], 
     elif "data" in spec:
         batch = tensors.from_values(spec["data"], dtype, shape)
     else:
-        raise _invalid("INPUT needs data, or binary data with parameters.binary_data_size")
+        raise _invalid(f"{INPUT} needs data, or binary data with parameters.binary_data_size")
     return InferRequest(batch, parameters, _outputs(header.get("outputs"), binary_default), request_id)
 
 

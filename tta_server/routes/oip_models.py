@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from tta_server import __version__
 from tta_server.auth import API
 from tta_server.codec.errors import ApiError
+from tta_server.codec.oip import INPUT
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import OIP_ERRORS
 
@@ -54,7 +55,7 @@ async def model_metadata(name: str, services: ServicesDep, version: str | None =
         "name": name,
         "versions": [source.model_id],
         "platform": "pytorch",
-        "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [-1, 3, height, width]}],
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 3, height, width]}],
         "outputs": [
             {"name": "PROBABILITIES", "datatype": "FP32", "shape": [-1, len(source.class_names)]},
             {"name": "CLASS", "datatype": "INT64", "shape": [-1]},
@@ -82,7 +83,7 @@ async def model_config(name: str, services: ServicesDep, version: str | None = N
         "backend": "tta-server",
         "max_batch_size": settings.max_images_per_request,
         "input": [
-            {"name": "INPUT", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, height, width]},
+            {"name": INPUT, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [3, height, width]},
         ],
         "output": [
             {"name": "PROBABILITIES", "data_type": "TYPE_FP32", "dims": [len(source.class_names)]},
