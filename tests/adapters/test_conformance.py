@@ -230,13 +230,14 @@ def test_configs_that_would_exhaust_memory_are_refused(name: str, config: dict[s
         get_adapter_class(name).parse_config(config)
 
 
-def _float_options(config: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Paths of every float option of a config, nested configs (optimizer, augment) included."""
-    paths: list[tuple[str, ...]] = []
+def _float_options(config: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], bool]]:
+    """(path, is a pair) of every float option of a config, nested configs (optimizer, augment)
+    included; a pair is a range such as ``brightness`` or Adam's ``betas``."""
+    paths: list[tuple[tuple[str, ...], bool]] = []
     for key, field in config.model_fields.items():
         kinds = typing.get_args(field.annotation) or (field.annotation,)
         if float in kinds:
-            paths.append((*prefix, key))
+            paths.append(((*prefix, key), typing.get_origin(field.annotation) is tuple))
         paths += [
             path
             for kind in kinds
@@ -256,8 +257,8 @@ def test_non_finite_config_values_are_refused(name: str, value: float) -> None:
     config_class = get_adapter_class(name).Config
     paths = _float_options(config_class)
     assert paths or name in ("source", "norm", "tent")
-    for path in paths:
-        config: dict[str, object] = {path[-1]: value}
+    for path, pair in paths:
+        config: dict[str, object] = {path[-1]: [0.5, value] if pair else value}
         for key in reversed(path[:-1]):
             config = {key: config}
         with pytest.raises(AdapterError, match="invalid config"):
