@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from adapters import SourceModel
-from benchmarks.data.cifar10 import ImageArrays
+from benchmarks.data.cifar10 import DatasetError, ImageArrays
 from benchmarks.data.cifar10c import CORRUPTIONS, load_cifar10c
 from benchmarks.evaluation.local import LocalStream
 from benchmarks.evaluation.remote import RemoteStream
@@ -105,7 +105,12 @@ def built_with(data: Path) -> dict[str, Any] | None:
     manifest = data / "manifest.json"
     if not manifest.is_file():
         return None
-    built = json.loads(manifest.read_text())
+    try:
+        built = json.loads(manifest.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{manifest} cannot be read ({exc}); rebuild the data set or remove the file") from None
+    if not isinstance(built, dict):
+        raise DatasetError(f"{manifest} is not a JSON object; rebuild the data set or remove the file")
     return {k: built.get(k) for k in ("format", "split", "fingerprint", "constants", "seed", "shuffled")}
 
 

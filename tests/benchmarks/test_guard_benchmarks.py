@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.data.cifar10 import DatasetError
 from benchmarks.data.cifar10c import CORRUPTIONS
 from benchmarks.evaluation.long_streams import run_long_streams, series, signal_series
 from benchmarks.evaluation.replay import built_with
@@ -116,6 +117,10 @@ def test_a_long_stream_report_says_when_it_ran_on_the_validation_stream(small_ci
         assert report["split"] == split and named in (out / "long_streams.md").read_text()
     assert built_with(validation) == {**dict.fromkeys(BUILT_KEYS), "format": "cifar10c", "split": "holdout"}
     assert built_with(small_cifar10c) is None  # what every replay records as its data
+    for damaged in ("[1,", "[1, 2]", "\xff"):  # an interrupted or foreign manifest: a clear error, not a traceback
+        (validation / "manifest.json").write_bytes(damaged.encode("latin-1"))
+        with pytest.raises(DatasetError, match=r"manifest\.json"):
+            built_with(validation)
 
 
 def test_long_streams_run_only_the_variants_asked_and_refuse_unknown_ones(small_cifar10c: Path, tmp_path: Path) -> None:
