@@ -30,10 +30,10 @@ from adapters.atomic import atomic_path, atomic_write_text
 from benchmarks.data.cifar10 import DatasetError, ImageArrays
 from benchmarks.data.corruptions import ALL_CORRUPTIONS, COMMON_CORRUPTIONS, corruptions_with
 from benchmarks.data.corruptions.constants import CIFAR, IMAGENET, CorruptionConstants
+from benchmarks.data.manifest import MANIFEST, read_manifest
 
 CHUNK = 2000
 SEVERITIES = (1, 2, 3, 4, 5)
-MANIFEST = "manifest.json"
 CONSTANT_SETS = {"cifar": CIFAR, "imagenet": IMAGENET}
 
 _worker_images: np.ndarray | None = None
@@ -100,7 +100,7 @@ def build_cifar10c(
 
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest = read_manifest(out) or {}
     if manifest and manifest.get("fingerprint") != fingerprint:
         raise DatasetError(
             f"{out} holds a build from other source images or settings (fingerprint {manifest.get('fingerprint')}, "

@@ -7,7 +7,6 @@ resets come from :mod:`benchmarks.evaluation.stream_settings`; errors are report
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import time
@@ -21,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from adapters import SourceModel
-from benchmarks.data.cifar10 import DatasetError, ImageArrays
+from benchmarks.data.cifar10 import ImageArrays
 from benchmarks.data.cifar10c import CORRUPTIONS, load_cifar10c
+from benchmarks.data.manifest import read_manifest
 from benchmarks.evaluation.local import LocalStream
 from benchmarks.evaluation.remote import RemoteStream
 from benchmarks.evaluation.stream_settings import Loader, Segment, Setting, build_stream
@@ -102,15 +102,9 @@ def replay_dataset(
 
 def built_with(data: Path) -> dict[str, Any] | None:
     """How ``data`` was built (its ``tta-bench make-cifar10c`` / ``make-imagenet-c`` manifest), if known."""
-    manifest = data / "manifest.json"
-    if not manifest.is_file():
+    built = read_manifest(data)
+    if built is None:
         return None
-    try:
-        built = json.loads(manifest.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{manifest} cannot be read ({exc}); rebuild the data set or remove the file") from None
-    if not isinstance(built, dict):
-        raise DatasetError(f"{manifest} is not a JSON object; rebuild the data set or remove the file")
     return {k: built.get(k) for k in ("format", "split", "fingerprint", "constants", "seed", "shuffled")}
 
 

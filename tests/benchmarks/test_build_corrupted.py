@@ -84,6 +84,10 @@ def test_interrupted_build_resumes_and_mismatched_settings_are_refused(tmp_path:
     np.testing.assert_array_equal(np.load(tmp_path / "gaussian_noise.npy"), complete)
     with pytest.raises(DatasetError, match="other source images or settings"):
         build_cifar10c(arrays, tmp_path, ("gaussian_noise",), seed=1, workers=1, progress=False, chunk=7)
+    for damaged in ("{", "[1, 2]", "\xff"):  # a build killed mid-write elsewhere, or a foreign file
+        (tmp_path / "manifest.json").write_bytes(damaged.encode("latin-1"))
+        with pytest.raises(DatasetError, match=r"manifest\.json"):
+            build_cifar10c(arrays, tmp_path, ("gaussian_noise",), workers=1, progress=False, chunk=7)
 
 
 def test_cli_builds_from_a_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -78,6 +78,11 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
         ):
             time.sleep(0.1)
         assert client.get("/v1/streams").json() == [] and SnapshotStore(tmp_path).exists("sleepy")
+        (listed,) = client.get("/v1/streams", params={"include_spilled": "true"}).json()
+        assert [listed[k] for k in ("stream_id", "adapter", "steps", "resident")] == ["sleepy", "tent", 1, False]
+        snapshot = SnapshotStore(tmp_path).path("sleepy")
+        assert listed["config"] and listed["state_bytes"] == snapshot.stat().st_size
+        assert client.get("/v1/streams").json() == []  # listing read the header only: the stream stayed spilled
         again = client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "sleepy"})
         assert again.json()["step"] == 2  # woke up from its snapshot, not from the source
     dropping = Settings(default_adapter="norm", idle_timeout_s=0.4)
@@ -85,6 +90,25 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
         client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "gone"})
         time.sleep(1.0)
         assert client.get("/v1/streams/gone").status_code == 404  # no snapshots: dropped
+
+
+def test_restored_streams_are_listed_from_their_snapshot_headers(tmp_path: Path) -> None:
+    settings = Settings(default_adapter="norm", snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for name in ("cam-1", "cam-2"):
+            client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": name})
+    store = SnapshotStore(tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/streams").json() == []  # restored streams start spilled
+        store.path("cam-2").write_bytes(store.path("cam-2").read_bytes()[:40])  # damaged since: left out
+        listed = client.get("/v1/streams?include_spilled=1").json()
+        assert [(s["stream_id"], s["adapter"], s["steps"], s["buffered_images"], s["resident"]) for s in listed] == [
+            ("cam-1", "norm", 0, 4, False)  # four images wait for min_adapt_batch
+        ]
+        client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "cam-1"})
+        (woken,) = client.get("/v1/streams?include_spilled=true").json()
+        assert (woken["resident"], woken["buffered_images"]) == (True, 8) and woken["created_at"] is not None
+        assert client.get("/v1/streams?include_spilled=maybe").status_code == 422
 
 
 def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: SourceModel) -> None:

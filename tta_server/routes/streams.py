@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
@@ -38,8 +39,10 @@ class StreamInfo(BaseModel):
     steps: int
     state_bytes: int = Field(description="per-stream tensors plus buffered images")
     signals: dict[str, float] = Field(description="the adapter's last diagnostics (entropy, confidence, ...)")
-    created_at: float
-    last_used_at: float
+    created_at: float | None = Field(description="None for a spilled stream")
+    last_used_at: float | None = Field(description="None for a spilled stream (see snapshot_written_at)")
+    resident: bool = Field(True, description="in memory; false for a spilled stream (listed with ?include_spilled)")
+    snapshot_written_at: float | None = Field(None, description="for a spilled stream: when its snapshot was written")
     buffered_images: int = Field(description="small-request images waiting for min_adapt_batch")
     feedback: dict[str, float | int] = Field(
         default_factory=dict, description="online error from POST /v1/streams/{id}/feedback (adapted and source)"
@@ -128,10 +131,41 @@ async def persistence(services: ServicesDep) -> dict[str, Any]:
     return report
 
 
+def _spilled_info(stream_id: str, described: dict[str, Any]) -> StreamInfo:
+    return StreamInfo(
+        stream_id=stream_id,
+        adapter=described["adapter"],
+        config=described["config"],
+        steps=described["steps"],
+        state_bytes=described["file_bytes"],
+        signals={},
+        created_at=None,
+        last_used_at=None,
+        resident=False,
+        snapshot_written_at=described["written_at"],
+        buffered_images=described["buffered_images"],
+        windows={},
+        bn_shift_layers=[],
+        guard={},
+    )
+
+
 @router.get("/streams")
-async def list_streams(manager: ManagerDep) -> list[StreamInfo]:
-    """Streams held in memory (spilled streams are counted in /v1/memory and wake on use)."""
-    return [_info(stream) for stream in list(manager.streams.values())]
+async def list_streams(
+    manager: ManagerDep,
+    include_spilled: bool = Query(
+        False,
+        description="also list spilled streams (and those restored at start-up, which start spilled) from their "
+        "snapshot headers, without waking them: adapter, config, steps, snapshot size and time",
+    ),
+) -> list[StreamInfo]:
+    """Streams held in memory; with ``include_spilled``, spilled streams too (``resident: false``)."""
+    listed = [_info(stream) for stream in list(manager.streams.values())]
+    if include_spilled and manager.store is not None:
+        store, spilled = manager.store, sorted(manager.spilled)
+        described = await asyncio.to_thread(lambda: [(sid, store.describe(sid)) for sid in spilled])
+        listed += [_spilled_info(sid, header) for sid, header in described if header is not None]
+    return listed
 
 
 @router.get("/streams/{stream_id}")

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from adapters import AdapterError
 from adapters.atomic import atomic_path, atomic_write_text
+from adapters.online import BUFFER_PREFIX
 from adapters.source_model import state_sha256
 from adapters.state_io import decode_state, encode_state
 from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
@@ -33,6 +34,7 @@ from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
 
 logger = logging.getLogger(__name__)
+PENDING_KEY = BUFFER_PREFIX + "pending"  # the images a stream holds for its next step
 SUFFIX = ".safetensors"
 QUARANTINE = "quarantine"
 FILE_FORMAT = "tta-stream-snapshot/2"
@@ -92,6 +94,28 @@ class SnapshotStore:
         if not path.is_file():
             raise MissingSnapshotError(f"no snapshot of stream {stream_id!r} in {self.directory}")
         return self._verified(path, stream_id)[1]
+
+    def describe(self, stream_id: str) -> dict[str, Any] | None:
+        """What a snapshot's header says (adapter, config, steps, buffered images, file size, written at) without
+        reading its tensors or verifying them; None if the file is missing or its header unreadable
+        (waking the stream verifies it and quarantines a damaged file)."""
+        from safetensors import safe_open
+
+        path = self.path(stream_id)
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                pending = PENDING_KEY in handle.keys()  # noqa: SIM118
+                buffered = handle.get_slice(PENDING_KEY).get_shape()[0] if pending else 0
+            stat = path.stat()
+            config = json.loads(metadata["config"])
+            described = {"adapter": metadata["adapter"], "config": config, "steps": int(metadata["steps"])}
+            described["buffered_images"] = int(buffered)
+        except Exception:  # missing, truncated or foreign: left out of listings, judged on wake
+            return None
+        if metadata.get("stream_id") != stream_id or not isinstance(config, dict):
+            return None
+        return {**described, "file_bytes": stat.st_size, "written_at": stat.st_mtime}
 
     def delete(self, stream_id: str) -> bool:
         """Remove the stream's snapshot; True if there was one."""
