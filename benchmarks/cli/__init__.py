@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
+from adapters import AdapterError
 from benchmarks.cli import data, evaluation, performance, replay, source_model
+from benchmarks.data.cifar10 import DatasetError
+from benchmarks.evaluation.remote import ServerError
+
+# failures of what the user gave (paths, data sets, configs, a server), not of tta-bench itself
+USER_ERRORS = (DatasetError, AdapterError, ServerError, ValidationError, OSError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.run(args)
+    try:
+        args.run(args)
+    except USER_ERRORS as exc:  # a wrong path, data set, config or server: one line, not a traceback
+        raise SystemExit(f"tta-bench {args.command}: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -144,7 +144,12 @@ def run_report(args: argparse.Namespace) -> None:
 
     runs = []
     for path in args.results:
-        loaded = json.loads(path.read_text())
+        try:
+            loaded = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"tta-bench report: {path} is not a replay results file ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise SystemExit(f"tta-bench report: {path} is not a replay results file (not a JSON object)")
         runs += loaded.get("runs", [loaded])  # a combined <stem>.json or one run
     out = args.out or args.results[0].parent
     print(write_report(runs, out, args.stem, args.note))

@@ -98,7 +98,7 @@ def test_cli_builds_from_a_data_folder(tmp_path: Path, capsys: pytest.CaptureFix
     summary = json.loads(capsys.readouterr().out)
     assert summary["corruptions"] == ["pixelate", "spatter"] and summary["seconds"] >= 0
     assert np.load(out / "spatter.npy").shape == (50, 32, 32, 3)  # one default-size chunk per severity
-    with pytest.raises(DatasetError, match="unknown corruptions"):
+    with pytest.raises(SystemExit, match="tta-bench make-cifar10c: unknown corruptions"):
         bench_main(["make-cifar10c", "--data", str(tmp_path / "cifar"), "--out", str(out), "--corruptions", "haze"])
 
 

@@ -83,3 +83,27 @@ def test_signal_precision_refuses_unknown_streams_and_adapters_before_replaying(
     with pytest.raises(SystemExit, match=message):
         main(["signal-precision", "--data", str(tmp_path), "--out", str(tmp_path / "out"), *extra])
     assert not (tmp_path / "out").exists()
+
+
+def test_user_errors_end_in_one_line_naming_the_command_not_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cases = [
+        (
+            ["replay", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "out")],
+            "gaussian_noise.npy not found",
+        ),
+        (["report", str(tmp_path / "nothing.json")], "nothing.json"),
+        (["report", str(tmp_path / "damaged.json")], "damaged.json is not a replay results file"),
+        (["report", str(tmp_path / "list.json")], "list.json is not a replay results file"),
+    ]
+    (tmp_path / "damaged.json").write_text('{"runs": [')
+    (tmp_path / "list.json").write_text("[]")
+    for argv, message in cases:
+        with pytest.raises(SystemExit, match=f"tta-bench {argv[0]}: .*{message}"):
+            main(argv)
+    run = subprocess.run(
+        [sys.executable, "-c", "from benchmarks.cli import main; main()", *cases[0][0]], capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr and cases[0][1] in run.stderr
