@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class AdapterError(Exception):
     """Base class of errors from this package."""
@@ -17,3 +20,13 @@ class CheckpointError(AdapterError, ValueError):
 
 class MissingArtefactError(AdapterError, FileNotFoundError):
     """A source artefact an adapter needs has not been built for this model."""
+
+
+def describe_validation(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line, ``field.path: message; ...`` (no URLs, no echoed input)."""
+    parts = []
+    for error in errors:
+        where = ".".join(map(str, error.get("loc", ())))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)

@@ -16,6 +16,7 @@ from typing import Any
 import uvicorn
 from pydantic import ValidationError
 
+from adapters.errors import describe_validation
 from tta_server.settings import Settings
 
 ALIASES = {
@@ -75,8 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "command"}
     try:
         settings = Settings(**overrides)
-    except (ValidationError, ValueError) as exc:
-        sys.exit(f"invalid settings: {exc}")
+    except ValidationError as exc:
+        sys.exit(f"tta-server: invalid settings: {describe_validation(exc.errors())}")
+    except ValueError as exc:
+        sys.exit(f"tta-server: invalid settings: {exc}")
     from tta_server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

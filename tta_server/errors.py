@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import AdapterError, InputError
+from adapters.errors import describe_validation
 from adapters.online import DivergenceError
 from tta_server.codec.errors import ApiError
 from tta_server.streams import (
@@ -85,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        details = describe_validation(errors)
         if any(e["loc"] and str(e["loc"][-1]).lower() in STREAM_ID_FIELDS and e["type"] != "missing" for e in errors):
             message = f"invalid stream id ({details[:300]}); see the stream-id grammar in the API docs"
             return JSONResponse(error_body(request.url.path, "invalid_stream_id", message), status_code=400)

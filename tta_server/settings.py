@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,6 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from adapters.errors import describe_validation
 from adapters.guard_config import GuardConfig
 from adapters.models.zoo import BUNDLED_MODEL
 from tta_server.streams.ids import validate_stream_id
@@ -167,6 +168,30 @@ class Settings(BaseSettings):
                     f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(cls.model_fields)}"
                 )
         return values
+
+    @model_validator(mode="after")
+    def _model_and_adapter_exist(self) -> Settings:
+        """A misspelt model, model argument, adapter or adapter option fails here, in one line,
+        not as a start-up traceback after the server began loading."""
+        import inspect
+
+        from adapters import get_adapter_class
+        from adapters.models.zoo import MODELS
+
+        try:
+            factory = MODELS.get(self.model)
+            inspect.signature(factory).bind(**self.model_kwargs)
+            adapter = get_adapter_class(self.default_adapter)
+        except KeyError as exc:  # the registries' UnknownNameError, naming what is registered
+            raise ValueError(exc.args[0]) from None
+        except TypeError as exc:
+            raise ValueError(f"model_kwargs for model {self.model!r}: {exc}") from None
+        try:
+            adapter.Config.model_validate(self.default_adapter_config)
+        except ValidationError as exc:
+            problems = describe_validation(exc.errors())
+            raise ValueError(f"default_adapter_config for {self.default_adapter!r}: {problems}") from None
+        return self
 
     @field_validator("device")
     @classmethod

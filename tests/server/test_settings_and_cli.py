@@ -108,3 +108,28 @@ def test_serve_refuses_an_unknown_adapter_at_start() -> None:
         timeout=120,
     )
     assert result.returncode != 0 and "unknown adapter 'nope'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "resnet-50"], "unknown model 'resnet-50'; registered: cifar10-airbench"),
+        (["--model-kwargs", '{"checkpoint": "x.pt"}'], "model_kwargs for model 'cifar10-airbench': got an unexpected"),
+        (["--model", "onnx", "--model-kwargs", '{"path": "m.onnx"}'], "missing a required argument: 'input_size'"),
+        (
+            ["--default-adapter-config", '{"optimizer": {"lr": -1}}'],
+            "for 'tent': optimizer.lr: Input should be greater",
+        ),
+    ],
+)
+def test_serve_names_a_wrong_model_or_adapter_option_in_one_line_before_loading(flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tta_server.cli", "serve", "--port", str(free_port()), *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("tta-server: invalid settings: ")
+    assert message in lines[0]
