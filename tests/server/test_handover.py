@@ -30,7 +30,7 @@ from tests.server_harness import free_port
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx not installed (Debian nginx-light; .ci/run installs it)")
-STREAMS = [f"cam-{i:02d}" for i in range(24)]
+STREAMS = [f"cam-{i:02d}" for i in range(12)]
 BATCH = 8
 SNAPSHOT_INTERVAL_S = 3.0  # long enough that a kill right after a round loses some steps
 LEASE_TTL_S = 2.0

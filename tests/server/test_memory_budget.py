@@ -94,21 +94,32 @@ def test_idle_streams_leave_memory_and_come_back(tmp_path: Path) -> None:
 
 def test_restored_streams_are_listed_from_their_snapshot_headers(tmp_path: Path) -> None:
     settings = Settings(default_adapter="norm", snapshot_dir=tmp_path)
+    names = ("cam-5", "cam-1", "cam-4", "cam-2", "cam-3")
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
-        for name in ("cam-1", "cam-2"):
+        for name in names:
             client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": name})
     store = SnapshotStore(tmp_path)
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def listing(**params: str) -> list[tuple[str, int, bool]]:
+            response = client.get("/v1/streams", params={"include_spilled": "true", **params})
+            assert response.status_code == 200, response.text
+            return [(s["stream_id"], s["buffered_images"], s["resident"]) for s in response.json()]
+
         assert client.get("/v1/streams").json() == []  # restored streams start spilled
+        first = client.get("/v1/streams?include_spilled=1").json()[0]
+        assert (first["stream_id"], first["adapter"], first["steps"], first["resident"]) == ("cam-1", "norm", 0, False)
+        assert first["buffered_images"] == 4  # four images wait for min_adapt_batch
+        client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "cam-4"})
         store.path("cam-2").write_bytes(store.path("cam-2").read_bytes()[:40])  # damaged since: left out
-        listed = client.get("/v1/streams?include_spilled=1").json()
-        assert [(s["stream_id"], s["adapter"], s["steps"], s["buffered_images"], s["resident"]) for s in listed] == [
-            ("cam-1", "norm", 0, 4, False)  # four images wait for min_adapt_batch
-        ]
-        client.post("/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "cam-1"})
-        (woken,) = client.get("/v1/streams?include_spilled=true").json()
-        assert (woken["resident"], woken["buffered_images"]) == (True, 8) and woken["created_at"] is not None
-        assert client.get("/v1/streams?include_spilled=maybe").status_code == 422
+        # pages in stream-id order, resident and spilled streams together, past the unreadable header
+        assert listing(limit="2") == [("cam-1", 4, False), ("cam-3", 4, False)]
+        assert listing(limit="2", after="cam-3") == [("cam-4", 8, True), ("cam-5", 4, False)]
+        assert listing(limit="2", after="cam-5") == []
+        assert [s["stream_id"] for s in client.get("/v1/streams").json()] == ["cam-4"]
+        for bad in ({"include_spilled": "maybe"}, {"limit": "0"}, {"limit": "10001"}, {"after": "../x"}):
+            refused = client.get("/v1/streams", params=bad)
+            assert refused.status_code == 422 and next(iter(bad)) in refused.json()["error"]["message"], refused.text
 
 
 def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: SourceModel) -> None:

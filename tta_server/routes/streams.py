@@ -158,13 +158,31 @@ async def list_streams(
         description="also list spilled streams (and those restored at start-up, which start spilled) from their "
         "snapshot headers, without waking them: adapter, config, steps, snapshot size and time",
     ),
+    after: str | None = Query(
+        None, min_length=1, max_length=128, pattern=STREAM_ID_PATTERN, description="the previous page's last stream_id"
+    ),
+    limit: int = Query(1000, ge=1, le=10_000, description="at most this many streams per page"),
 ) -> list[StreamInfo]:
-    """Streams held in memory; with ``include_spilled``, spilled streams too (``resident: false``)."""
-    listed = [_info(stream) for stream in list(manager.streams.values())]
-    if include_spilled and manager.store is not None:
-        store, spilled = manager.store, sorted(manager.spilled)
-        described = await asyncio.to_thread(lambda: [(sid, store.describe(sid)) for sid in spilled])
-        listed += [_spilled_info(sid, header) for sid, header in described if header is not None]
+    """Streams held in memory, in stream_id order, a page at a time (``after`` the last one listed;
+    a page shorter than ``limit`` is the last); with ``include_spilled``, spilled streams too
+    (``resident: false``)."""
+    held = dict(manager.streams)
+    spilled = set(manager.spilled) if include_spilled and manager.store is not None else set()
+    candidates = sorted(sid for sid in held.keys() | spilled if after is None or sid > after)
+    listed: list[StreamInfo] = []
+    position = 0
+    while len(listed) < limit and position < len(candidates):  # more than one round only past unreadable headers
+        chunk = candidates[position : position + limit - len(listed)]
+        position += len(chunk)
+        infos = {sid: _info(held[sid]) for sid in chunk if sid in held}
+        asleep = [sid for sid in chunk if sid not in infos]
+        if asleep and manager.store is not None:
+            store = manager.store
+            headers = await asyncio.to_thread(lambda: [store.describe(sid) for sid in asleep])  # noqa: B023
+            infos.update(
+                {sid: _spilled_info(sid, header) for sid, header in zip(asleep, headers, strict=True) if header}
+            )
+        listed += [infos[sid] for sid in chunk if sid in infos]
     return listed
 
 
