@@ -20,6 +20,7 @@ from tests.helpers import FEWER_VIEWS
 # 50 images a batch: on a CPU without native bf16 (AVX2) a bf16 step is 10-20x slower than fp32,
 # and with 100 images CoTTA, PETAL, RMT and ViDA alone took 4 1/2 minutes of the suite there
 IMAGES = 50
+BF16_VIEWS = {"cotta": {"n_augmentations": 4}, "petal": {"n_augmentations": 4}}  # fewer augmented views, same code
 AGREEMENT_FLOOR = 0.85
 ACCURACY_TOLERANCE = 0.04  # absolute difference of the accuracy on the true labels
 PROBABILITY_TOLERANCE = 0.05  # mean absolute difference of the softmax outputs
@@ -40,7 +41,7 @@ def real_batches(shared_cifar10: Path) -> list[tuple[torch.Tensor, torch.Tensor]
 def test_bf16_steps_agree_with_fp32_on_real_images(
     name: str, bundled_source: SourceModel, real_batches: list[tuple[torch.Tensor, torch.Tensor]]
 ) -> None:
-    config = FEWER_VIEWS.get(name, {})
+    config = {**FEWER_VIEWS.get(name, {}), **BF16_VIEWS.get(name, {})}
     exact = create_adapter(name, bundled_source, {**config, "precision": "fp32"})
     fast = create_adapter(name, bundled_source, {**config, "precision": "bf16"})
     assert (exact.precision, fast.precision) == ("fp32", "bf16")
