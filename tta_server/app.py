@@ -1,4 +1,6 @@
-"""The application factory: ``create_app(settings)`` loads the model in its lifespan."""
+"""The application factory: ``create_app(settings)`` loads the model in its lifespan, or serves
+services built beforehand (``tta-server serve`` builds them first, so that a model that cannot
+load ends in one line rather than in a lifespan traceback)."""
 
 from __future__ import annotations
 
@@ -88,14 +90,16 @@ def _summary(services: Services, restored: int) -> str:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """The app; ``services`` from ``build_services(settings)`` serve its first lifespan."""
     settings = settings or Settings()
+    prebuilt = [services] if services is not None else []
 
     metrics = ServerMetrics(__version__)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = prebuilt.pop() if prebuilt else build_services(settings)  # closed at shutdown: used once
         metrics.services = services
         services.streams.step_observers.append(metrics.observe_step)
         services.streams.guard_observers.append(metrics.observe_guard)

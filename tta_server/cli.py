@@ -11,13 +11,16 @@ import argparse
 import json
 import sys
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from pydantic import ValidationError
 
-from adapters.errors import describe_validation
+from adapters.errors import AdapterError, describe_validation
 from tta_server.settings import Settings
+
+if TYPE_CHECKING:
+    from tta_server.deps import Services
 
 ALIASES = {
     "default_adapter": ["--adapter"],
@@ -50,11 +53,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def uvicorn_config(settings: Settings) -> uvicorn.Config:
+def uvicorn_config(settings: Settings, services: Services | None = None) -> uvicorn.Config:
     from tta_server.app import create_app
 
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, services),
         host=settings.host,
         port=settings.port,
         workers=1,
@@ -83,7 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     from tta_server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    uvicorn.Server(uvicorn_config(settings)).run()
+    from tta_server.app import build_services
+
+    try:  # before uvicorn: a checkpoint that cannot load is one line, not a lifespan traceback
+        services = build_services(settings)
+    except (AdapterError, OSError, ValueError) as exc:
+        sys.exit(f"tta-server: cannot start: {exc}")
+    uvicorn.Server(uvicorn_config(settings, services)).run()
 
 
 if __name__ == "__main__":

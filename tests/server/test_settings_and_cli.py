@@ -131,3 +131,24 @@ def test_serve_names_a_wrong_model_or_adapter_option_in_one_line_before_loading(
         main(["serve", "--port", "0", *flags])
     assert str(exited.value).startswith("tta-server: invalid settings: ") and "\n" not in str(exited.value)
     assert message in str(exited.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "kwargs", "message"),
+    [
+        ("cifar10-airbench", {"weights_dir": "{tmp}"}, "metadata.json not found; train the model"),
+        ("wrn28-10-cifar10", {"checkpoint": "{tmp}/damaged.safetensors"}, "not a readable safetensors file"),
+        ("wrn28-10-cifar10", {"checkpoint": "{tmp}/absent.pt"}, "checkpoint not found"),
+    ],
+)
+def test_serve_names_a_model_that_cannot_load_in_one_line(
+    tmp_path: Path, model: str, kwargs: dict[str, str], message: str
+) -> None:
+    from tta_server.cli import main
+
+    (tmp_path / "damaged.safetensors").write_bytes(b"\x00" * 64)
+    arguments = json.dumps({k: v.replace("{tmp}", str(tmp_path)) for k, v in kwargs.items()})
+    with pytest.raises(SystemExit) as exited:  # before uvicorn: not a lifespan traceback with exit 3
+        main(["serve", "--port", "0", "--model", model, "--model-kwargs", arguments])
+    assert str(exited.value).startswith("tta-server: cannot start: ") and "\n" not in str(exited.value)
+    assert message in str(exited.value)
