@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
 from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
@@ -222,3 +224,29 @@ def test_spill_and_wake_are_exact_for_small_requests(tmp_path: Path) -> None:
             np.testing.assert_allclose(np.take_along_axis(got, top, 1), want, atol=1e-6)
             alone += [s["stream_id"] for s in client.get("/v1/streams").json()] == [name]  # the other spilled
         assert alone >= 5 and client.get("/v1/memory").json()["streams_spilled"] == 1
+
+
+def test_a_stream_being_spilled_stays_in_the_full_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    writing, release = threading.Event(), threading.Event()
+    write = SnapshotStore.write
+
+    def slow_write(self: SnapshotStore, stream_id: str, state: dict[str, Any]) -> Path:
+        path = write(self, stream_id, state)
+        writing.set()  # the file is there, the spill has not finished
+        release.wait(10)
+        return path
+
+    monkeypatch.setattr(SnapshotStore, "write", slow_write)
+    settings = Settings(default_adapter="norm", min_adapt_batch=4, idle_timeout_s=0.2, snapshot_dir=tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        client.post("/v1/predict", files=files(images(4, 1)), headers={"X-Stream-Id": "moving"})
+        assert writing.wait(10)
+        assert client.get("/v1/streams").json() == []  # the plain listing shows resident streams only
+        threading.Timer(0.3, release.set).start()
+        started = time.monotonic()
+        listed = client.get("/v1/streams", params={"include_spilled": "true"}).json()
+        assert [(s["stream_id"], s["resident"]) for s in listed] == [("moving", False)]
+        assert time.monotonic() - started >= 0.2  # it waited for the spill to land

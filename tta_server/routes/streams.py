@@ -166,8 +166,11 @@ async def list_streams(
     """Streams held in memory, in stream_id order, a page at a time (``after`` the last one listed;
     a page shorter than ``limit`` is the last); with ``include_spilled``, spilled streams too
     (``resident: false``)."""
-    held = dict(manager.streams)
-    spilled = set(manager.spilled) if include_spilled and manager.store is not None else set()
+    if include_spilled and manager.store is not None:
+        async with manager.transfers:  # a stream being spilled or woken is in neither set until it lands
+            held, spilled = dict(manager.streams), set(manager.spilled)
+    else:
+        held, spilled = dict(manager.streams), set()
     candidates = sorted(sid for sid in held.keys() | spilled if after is None or sid > after)
     listed: list[StreamInfo] = []
     position = 0

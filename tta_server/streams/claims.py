@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from tta_server.streams.errors import StreamOwnedError
+from tta_server.streams.failure_log import FailureLog
 from tta_server.streams.ownership import Ownership
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import Stream, StreamOptions
@@ -25,6 +26,7 @@ class Claims:
     ownership: Ownership | None  # with replicas sharing the store: who holds which stream
     options: StreamOptions
     counters: Counter[str]
+    failures: FailureLog  # write failures retried every pass, logged when they start and clear
 
     def claim(self, stream_id: str, creating: bool = False, reading: bool = False) -> None:
         """With ownership: take the stream's lease before touching it (:class:`StreamOwnedError` if
@@ -79,11 +81,15 @@ class Claims:
         """Forget the stream here without writing it (another replica owns it now)."""
         self.streams.pop(stream_id, None)
         self.spilled.discard(stream_id)
+        self.failures.forget(stream_id, "snapshot", "spill")
 
     def write_snapshot(self, stream: Stream) -> Path:
         """Write the stream's state; with ownership, only while this replica still holds it."""
         assert self.store is not None
         if self.ownership is None:
-            return self.store.write(stream.stream_id, stream.snapshot_state())
-        with self.ownership.fenced(stream.stream_id):
-            return self.store.write(stream.stream_id, stream.snapshot_state())
+            path = self.store.write(stream.stream_id, stream.snapshot_state())
+        else:
+            with self.ownership.fenced(stream.stream_id):
+                path = self.store.write(stream.stream_id, stream.snapshot_state())
+        self.failures.cleared(stream.stream_id, "snapshot", "spill")
+        return path

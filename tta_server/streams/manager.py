@@ -31,6 +31,7 @@ from tta_server.streams.errors import (
     StreamLimitError,
     UnknownStreamError,
 )
+from tta_server.streams.failure_log import FailureLog
 from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
 from tta_server.streams.ownership import Ownership
@@ -64,6 +65,7 @@ class StreamManager(Residency):
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
         self.undeleted: set[str] = set()  # deleted streams whose snapshot is still to be removed
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
+        self.failures = FailureLog(logging.getLogger("tta_server.streams.persistence"))  # retried each pass
         # called after every step with (adapter, images, seconds, signals): metrics
         # (adapter, images, step seconds, signals, phase seconds: queue and OnlineStream's PHASES)
         self.step_observers: list[Callable[[str, int, float, dict[str, float], dict[str, float]], None]] = []
@@ -265,6 +267,7 @@ class StreamManager(Residency):
                     raise UnknownStreamError(stream_id)
                 self.spilled.discard(stream_id)
                 break
+        self.failures.forget(stream_id, "snapshot", "spill")
         self.forget_snapshot(stream_id)
 
     def forget_snapshot(self, stream_id: str) -> None:
@@ -274,12 +277,13 @@ class StreamManager(Residency):
             if self.store is not None and stream_id not in self.streams:
                 self.store.delete(stream_id)
             self.undeleted.discard(stream_id)
+            self.failures.cleared(stream_id, "snapshot delete")
             if self.ownership is not None:
                 self.ownership.forget(stream_id)
         except OSError as exc:
             self.undeleted.add(stream_id)
             self.counters["delete_failures"] += 1
-            logger.error("stream %s: its snapshot could not be deleted (retried): %s", stream_id, exc)
+            self.failures.failed(stream_id, "snapshot delete", exc, " (retried)")
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

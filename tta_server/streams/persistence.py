@@ -42,7 +42,7 @@ class Persistence:
         self.manager.counters[f"{what}_failures"] += 1
         self.last_error = f"{what} of stream {stream_id!r}: {exc}"
         self.failing_since = self.failing_since or time.time()
-        logger.error("stream %s: %s failed: %s", stream_id, what, exc)
+        self.manager.failures.failed(stream_id, what, exc)
 
     async def snapshot(self, stream_id: str) -> Path:
         """Write the stream's state to the store after its in-flight requests."""

@@ -86,7 +86,7 @@ class Residency(Claims):
         except Exception as exc:  # one stream that cannot be written must not block the others
             self.streams[stream_id] = stream
             self.counters["spill_failures"] += 1
-            logger.error("stream %s: spill failed, kept in memory: %s", stream_id, exc)
+            self.failures.failed(stream_id, "spill", exc, ", kept in memory")
             return False
         except asyncio.CancelledError:  # shutdown: keep it where the shutdown snapshot finds it
             self.streams[stream_id] = stream
