@@ -108,7 +108,8 @@ def test_probing_unknown_ids_leaves_no_lease_files_and_owned_streams_are_still_r
 def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_path: Path) -> None:
     """A dashboard polling GET /v1/streams/{id} on the wrong replica must not pull the stream away
     from the replica its traffic goes to: the read is refused (naming the header that routes it),
-    the owner is not asked, and it keeps the stream; a write still asks."""
+    the owner is not asked, and it keeps the stream. So is a write that reached the replica without
+    the stream's own X-Stream-Id header; with it, the write asks for the stream."""
     import httpx
 
     from tests.helpers import files, images
@@ -135,7 +136,13 @@ def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_p
         (record,) = list(lease.glob("*.json"))
         assert '"handover_to": null' in record.read_text()  # the owner was not asked
         assert a.get("/v1/streams/cam").json()["steps"] == 1  # and still serves it
-        asked = b.post("/v1/streams/cam/reset")  # a write: asks, and waits for the handover
+        for path in ("/v1/streams/cam/reset", "/v1/streams/cam/snapshot"):  # writes the balancer did not
+            for headers in ({}, {"X-Stream-Id": "cam2"}):  # route by this stream (no header, another's)
+                unrouted = b.post(path, headers=headers)
+                assert unrouted.status_code == 503 and "X-Stream-Id: cam" in unrouted.json()["error"]["message"]
+        assert b.delete("/v1/streams/cam").status_code == 503
+        assert '"handover_to": null' in record.read_text() and a.get("/v1/streams/cam").json()["steps"] == 1
+        asked = b.post("/v1/streams/cam/reset", headers={"X-Stream-Id": "cam"})  # routed by it: asks, waits
         assert asked.status_code in (200, 503), asked.text
         assert '"handover_to": "b"' in record.read_text() or asked.status_code == 200
 

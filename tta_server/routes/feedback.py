@@ -12,7 +12,7 @@ from tta_server.auth import API
 from tta_server.deps import ServicesDep
 from tta_server.routes.bodies import RequestBody
 from tta_server.routes.docs import ERRORS
-from tta_server.routes.streams import StreamId
+from tta_server.routes.streams import ROUTED, StreamId
 from tta_server.streams import validate_stream_id
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS, dependencies=API)
@@ -29,7 +29,7 @@ class Feedback(RequestBody):
     items: list[Labels] = Field(min_length=1, max_length=1000)
 
 
-@router.post("/streams/{stream_id}/feedback")
+@router.post("/streams/{stream_id}/feedback", dependencies=ROUTED)
 async def feedback(
     request: Request, body: Feedback, services: ServicesDep, stream_id: str = StreamId
 ) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from adapters import ArtefactStore, get_adapter_class, list_adapters
@@ -16,9 +16,19 @@ from tta_server.deps import ManagerDep, PersistenceDep, ServicesDep, SourceDep
 from tta_server.routes.bodies import RequestBody
 from tta_server.routes.docs import ERRORS
 from tta_server.streams import STREAM_ID_PATTERN, Stream
+from tta_server.streams.claims import routed_by_stream_header
 
 router = APIRouter(prefix="/v1", tags=["streams"], responses=ERRORS, dependencies=API)
 StreamId = Path(min_length=1, max_length=128, pattern=STREAM_ID_PATTERN, description="the stream id")
+
+
+async def _note_routing(request: Request, stream_id: str = StreamId) -> None:
+    """With replicas: a change addressed by path moves the stream here only if the balancer routed
+    it by the stream's own header (see ``routed_by_stream_header``)."""
+    routed_by_stream_header.set(request.headers.get("x-stream-id") == stream_id)
+
+
+ROUTED = [Depends(_note_routing)]
 
 
 class StreamCreate(RequestBody):
@@ -198,13 +208,13 @@ async def get_stream(request: Request, services: ServicesDep, stream_id: str = S
     return info
 
 
-@router.post("/streams/{stream_id}/reset", dependencies=ADMIN)
+@router.post("/streams/{stream_id}/reset", dependencies=ADMIN + ROUTED)
 async def reset_stream(request: Request, manager: ManagerDep, stream_id: str = StreamId) -> StreamInfo:
     request.state.stream_id = stream_id
     return _info(await manager.reset(stream_id))
 
 
-@router.delete("/streams/{stream_id}", status_code=204, dependencies=ADMIN)
+@router.delete("/streams/{stream_id}", status_code=204, dependencies=ADMIN + ROUTED)
 async def delete_stream(request: Request, services: ServicesDep, stream_id: str = StreamId) -> None:
     """Forget the stream and delete its snapshot (it does not come back after a restart)."""
     request.state.stream_id = stream_id
@@ -212,7 +222,7 @@ async def delete_stream(request: Request, services: ServicesDep, stream_id: str 
     services.feedback.forget(stream_id)
 
 
-@router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN)
+@router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN + ROUTED)
 async def snapshot_stream(
     request: Request, manager: ManagerDep, persistence: PersistenceDep, stream_id: str = StreamId
 ) -> SnapshotInfo:
@@ -222,7 +232,7 @@ async def snapshot_stream(
     return SnapshotInfo(stream_id=stream_id, path=str(path), steps=(await manager.get(stream_id)).online.steps)
 
 
-@router.post("/streams/{stream_id}/restore", dependencies=ADMIN)
+@router.post("/streams/{stream_id}/restore", dependencies=ADMIN + ROUTED)
 async def restore_stream(request: Request, persistence: PersistenceDep, stream_id: str = StreamId) -> StreamInfo:
     """Load the stream's last snapshot (creating the stream with the snapshot's adapter if needed)."""
     request.state.stream_id = stream_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from contextvars import ContextVar
 from pathlib import Path
 
 from tta_server.streams.errors import StreamOwnedError
@@ -17,6 +18,12 @@ from tta_server.streams.failure_log import FailureLog
 from tta_server.streams.ownership import Ownership
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import Stream, StreamOptions
+
+# Whether the request reached this replica through its stream's own X-Stream-Id header, which the
+# balancer hashes. Only such a request may ask a live owner to hand the stream over: one addressed
+# by path alone landed wherever the hash of "no header" points, and moving the stream there would
+# pull it away from its traffic, which would then pull it back.
+routed_by_stream_header: ContextVar[bool] = ContextVar("routed_by_stream_header", default=True)
 
 
 class Claims:
@@ -36,7 +43,8 @@ class Claims:
         ids must not leave a lease file per id in the shared store. ``reading`` (showing the stream)
         never asks a live owner to hand it over: a dashboard polling ``GET /v1/streams/{id}`` through
         a balancer that hashes X-Stream-Id, without that header, would otherwise pull the stream away
-        from the replica its traffic goes to, and that traffic would pull it back, over and over."""
+        from the replica its traffic goes to, and that traffic would pull it back, over and over. A
+        request not routed by the stream's header (:data:`routed_by_stream_header`) does not ask either."""
         ownership = self.ownership
         if ownership is None or ownership.fresh(stream_id):
             return
@@ -56,7 +64,7 @@ class Claims:
                     self.spilled.add(stream_id)  # continue from that replica's latest snapshot
             return
         self.drop(stream_id)  # a copy without a lease is stale (its loss was noticed by a write)
-        ownership.acquire(stream_id, ask_handover=not reading)
+        ownership.acquire(stream_id, ask_handover=not reading and routed_by_stream_header.get())
         if self.store is not None and self.store.exists(stream_id):
             self.spilled.add(stream_id)
 
@@ -71,8 +79,8 @@ class Claims:
         while True:
             try:
                 return self.claim(stream_id, creating)
-            except StreamOwnedError:
-                if time.monotonic() >= deadline:
+            except StreamOwnedError as exc:
+                if not exc.asked or time.monotonic() >= deadline:  # not asked: waiting changes nothing
                     self.counters["refused_owned_elsewhere"] += 1
                     raise
             await asyncio.sleep(0.1)

@@ -17,10 +17,13 @@ class StreamOwnedError(StreamLimitError):
     def __init__(self, stream_id: str, owner: str, asked: bool = True) -> None:
         if asked:
             then = "it was asked to hand it over (retry shortly, and route each X-Stream-Id to one replica)"
-        else:  # a read: showing a stream must not move it away from the replica its traffic goes to
-            then = f"a read does not move it (send it with the header X-Stream-Id: {stream_id}, which routes it there)"
+        else:  # a read, or a request the balancer did not route by this stream: it must not move the stream
+            then = (
+                "a read, or a request without its own X-Stream-Id header, does not move it (send the header "
+                f"X-Stream-Id: {stream_id}, which routes it there)"
+            )
         super().__init__(f"stream {stream_id!r} is active on replica {owner!r}; {then}")
-        self.stream_id, self.owner = stream_id, owner
+        self.stream_id, self.owner, self.asked = stream_id, owner, asked
 
 
 class LostOwnershipError(RuntimeError):
