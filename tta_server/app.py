@@ -14,7 +14,7 @@ import torch
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from adapters import create_adapter, create_source_model
+from adapters import SourceModel, create_adapter, create_source_model
 from tta_server import __version__
 from tta_server.codec.limits import BodyLimitMiddleware
 from tta_server.deps import Services
@@ -68,12 +68,26 @@ def build_services(settings: Settings) -> Services:
     )
     streams = StreamManager(source, options, store, ownership)
     if settings.memory_budget_bytes is not None:  # measured before serving, not on the first request
-        streams.budget.measure(
-            create_adapter(settings.default_adapter, source, settings.default_adapter_config), source
-        )
+        _check_budget_fits_a_step(settings, streams, source)
     persistence = Persistence(streams, store, settings.persistence_failure_grace_s) if store else None
     feedback = FeedbackLog(settings.feedback_max_requests, len(source.class_names))
     return Services(settings=settings, source=source, streams=streams, persistence=persistence, feedback=feedback)
+
+
+def _check_budget_fits_a_step(settings: Settings, streams: StreamManager, source: SourceModel) -> None:
+    """Measure the default adapter's working memory; refuse a budget that no request could fit in."""
+    adapter = create_adapter(settings.default_adapter, source, settings.default_adapter_config)
+    estimate = streams.budget.measure(adapter, source)
+    # a one-image request runs with the buffered images of a stream (OnlineStream.step_images)
+    images = 1 if settings.min_adapt_batch <= 1 else settings.min_adapt_batch + 1
+    smallest = estimate.bytes_for(images) + adapter.state_bytes()
+    if smallest > (budget := settings.memory_budget_bytes or 0):
+        raise ValueError(
+            f"memory_budget_bytes={budget} cannot hold a single step: the default adapter "
+            f"{settings.default_adapter!r} needs {smallest} B ({smallest / 2**20:.1f} MiB) for one image with "
+            f"min_adapt_batch={settings.min_adapt_batch} (working memory and one stream's state); "
+            "raise the budget, or lower min_adapt_batch"
+        )
 
 
 def _summary(services: Services, restored: int) -> str:

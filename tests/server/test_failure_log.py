@@ -38,3 +38,18 @@ def test_a_recurring_failure_is_logged_when_it_starts_changes_recurs_and_clears(
     ]
     assert [r.levelname for r in caplog.records] == ["ERROR"] * 4 + ["INFO", "ERROR"]
     assert set(log.ongoing) == {("c", "snapshot")}
+
+
+def test_failures_differing_only_in_their_temporary_file_are_one(caplog: pytest.LogCaptureFixture) -> None:
+    log = FailureLog(logging.getLogger("test.failures"))
+    with caplog.at_level(logging.INFO, logger="test.failures"):
+        for name in ("tmpttIExq", "tmprWPyjF", "tmp6VkS2W"):  # as the safetensors writer words it
+            error = RuntimeError(f'Error while serializing: I/O error: Read-only file system at path "/snaps/.{name}"')
+            log.failed("s0", "spill", error, ", kept in memory")
+        log.failed("s0", "spill", RuntimeError("Error while serializing: I/O error: No space left on device"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "stream s0: spill failed, kept in memory: Error while serializing: I/O error: Read-only file system "
+        'at path "/snaps/.tmpttIExq"',
+        "stream s0: spill failed: Error while serializing: I/O error: No space left on device",
+    ]
+    assert log.ongoing[("s0", "spill")].count == 1

@@ -152,3 +152,14 @@ def test_serve_names_a_model_that_cannot_load_in_one_line(
         main(["serve", "--port", "0", "--model", model, "--model-kwargs", arguments])
     assert str(exited.value).startswith("tta-server: cannot start: ") and "\n" not in str(exited.value)
     assert message in str(exited.value)
+
+
+def test_a_budget_no_request_could_fit_in_is_refused_at_start(tmp_path: Path) -> None:
+    from tta_server.app import build_services
+
+    settings = Settings(snapshot_dir=tmp_path, memory_budget_bytes=400_000)
+    with pytest.raises(ValueError) as refused:  # else it would serve, and answer every request with 503
+        build_services(settings)  # tta-server serve prints this as "tta-server: cannot start: ..."
+    message = str(refused.value)
+    assert message.startswith("memory_budget_bytes=400000 cannot hold a single step")
+    assert "default adapter 'tent' needs" in message and "min_adapt_batch=16" in message and "\n" not in message

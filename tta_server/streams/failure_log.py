@@ -9,16 +9,21 @@ recurred, and once when it clears. The metrics still count every failure.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+_QUOTED = re.compile(r"(['\"]).*?\1")
+_PATHS = re.compile(r"/\S+")
+
 
 def _kind(exc: BaseException) -> str:
-    """What makes two failures the same: an OSError's errno (its message names a temporary file)."""
+    """What makes two failures the same: an OSError's errno, else its message without the quoted
+    strings and paths in it (each attempt writes to a temporary file of another name)."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return f"{type(exc).__name__}:{exc.errno}"
-    return f"{type(exc).__name__}:{exc}"
+    return f"{type(exc).__name__}:" + _PATHS.sub("_", _QUOTED.sub("_", str(exc)))
 
 
 @dataclass
