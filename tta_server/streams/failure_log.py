@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,26 +41,31 @@ class FailureLog:
     ) -> None:
         self.logger, self.repeat_s, self.clock = logger, repeat_s, clock
         self.ongoing: dict[tuple[str, str], _Ongoing] = {}  # (stream id, what failed)
+        self._lock = threading.Lock()  # writes succeed on worker threads, failures are seen on the loop
 
     def failed(self, stream_id: str, what: str, exc: BaseException, consequence: str = "") -> None:
         reason, kind, now = str(exc) or type(exc).__name__, _kind(exc), self.clock()
-        entry = self.ongoing.get((stream_id, what))
-        if entry is None or entry.kind != kind:
-            self.ongoing[(stream_id, what)] = _Ongoing(kind, since=now, logged_at=now)
-            self.logger.error("stream %s: %s failed%s: %s", stream_id, what, consequence, reason)
-            return
-        entry.count += 1
-        if now - entry.logged_at >= self.repeat_s:
-            entry.logged_at = now
-            self.logger.error(
-                "stream %s: %s still failing (%d times in %.0f s)%s: %s",
-                stream_id, what, entry.count, now - entry.since, consequence, reason,
-            )  # fmt: skip
+        with self._lock:
+            entry = self.ongoing.get((stream_id, what))
+            if entry is None or entry.kind != kind:
+                self.ongoing[(stream_id, what)] = _Ongoing(kind, since=now, logged_at=now)
+                line = f"stream {stream_id}: {what} failed{consequence}: {reason}"
+            else:
+                entry.count += 1
+                if now - entry.logged_at < self.repeat_s:
+                    return
+                entry.logged_at = now
+                line = (
+                    f"stream {stream_id}: {what} still failing ({entry.count} times in {now - entry.since:.0f} s)"
+                    f"{consequence}: {reason}"
+                )
+        self.logger.error("%s", line)
 
     def cleared(self, stream_id: str, *whats: str) -> None:
         """The operations succeeded again: say so once for each that was failing."""
         for what in whats:
-            entry = self.ongoing.pop((stream_id, what), None)
+            with self._lock:
+                entry = self.ongoing.pop((stream_id, what), None)
             if entry is not None:
                 self.logger.info(
                     "stream %s: %s succeeded after %d failure(s) over %.0f s",
@@ -68,5 +74,6 @@ class FailureLog:
 
     def forget(self, stream_id: str, *whats: str) -> None:
         """The stream is gone here: what failed for it no longer matters (and must not pile up)."""
-        for what in whats:
-            self.ongoing.pop((stream_id, what), None)
+        with self._lock:
+            for what in whats:
+                self.ongoing.pop((stream_id, what), None)
