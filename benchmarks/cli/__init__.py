@@ -2,7 +2,7 @@
 
 Source model: train-source, prepare. Data: make-cifar10c, make-imagenet-c. Evaluation: replay,
 report, signals, long-streams, sweep, equal-error. Performance: adapter-speed, frozen-forward,
-working-memory, load-test, scale. "tta-bench COMMAND --help" explains each option and its
+working-memory, load-test, scale, restore-start. "tta-bench COMMAND --help" explains each option and its
 default; benchmark outputs go to runs/COMMAND/ unless --out says otherwise.
 """
 

@@ -1,4 +1,5 @@
-"""Measurements: ``adapter-speed``, ``frozen-forward``, ``working-memory``, ``load-test``, ``scale``."""
+"""Measurements: ``adapter-speed``, ``frozen-forward``, ``working-memory``, ``load-test``, ``scale``,
+``restore-start``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,16 @@ def register(commands: Any) -> None:
     add_out(scale, "scale")
     scale.set_defaults(run=run_scale)
 
+    restore = add_command(
+        commands, "restore-start", "start-up restore over a store of large states: header scan vs full verification"
+    )
+    add_model(restore)
+    restore.add_argument("--adapter", default="cotta", help="whose state fills the store (cotta: ~49 MiB each)")
+    restore.add_argument("--streams", type=int, default=40, help="snapshots in the store")
+    restore.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
+    add_out(restore, "restore-start")
+    restore.set_defaults(run=run_restore_start)
+
 
 def run_adapter_speed(args: argparse.Namespace) -> None:
     from adapters import create_source_model
@@ -132,3 +143,11 @@ def run_scale(args: argparse.Namespace) -> None:
     counts = {name: [int(n) for n in getattr(args, name).split(",") if n] for name in ("tent", "cotta")}
     print(run({k: v for k, v in counts.items() if v}, args.requests, args.batch_size, args.clients, args.out))
     wrote(args.out, "scale.json", "scale.md", "scale.png")
+
+
+def run_restore_start(args: argparse.Namespace) -> None:
+    from adapters import create_source_model
+    from benchmarks.performance.restore_start import run_restore_start as run
+
+    print(run(create_source_model(args.model), args.adapter, args.streams, args.repeats, args.out))
+    wrote(args.out, "restore_start.json", "restore_start.md")

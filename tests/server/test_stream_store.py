@@ -131,6 +131,39 @@ def test_damaged_files_are_quarantined_with_their_reason(tmp_path: Path, tiny_so
     assert reason in (tmp_path / "quarantine" / moved[1]).read_text()
 
 
+SEEN_IN_THE_HEADER = {"truncated", "not safetensors", "other format", "malformed metadata"}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_a_header_scan_quarantines_bad_headers_now_and_damaged_contents_when_read(
+    tmp_path: Path, tiny_source: SourceModel, kind: str
+) -> None:
+    damage, reason = DAMAGE[kind]
+    store = SnapshotStore(tmp_path)
+    store.write("good", state(tiny_source))
+    damage(store.write("bad", state(tiny_source, 3)))
+    found = store.scan(headers_only=True)  # start-up: headers only
+    if kind in SEEN_IN_THE_HEADER:
+        assert found == ["good"] and store.report()["quarantined"] == 1 and not store.exists("bad")
+        return
+    assert sorted(found) == ["bad", "good"] and store.report()["quarantined"] == 0  # the contents are read on wake
+    with pytest.raises(DamagedSnapshotError, match=reason):
+        store.read("bad")
+    assert store.report()["quarantined"] == 1 and not store.exists("bad") and store.read("good")["steps"] == 1
+
+
+def test_a_header_scan_reads_no_tensors(
+    tmp_path: Path, tiny_source: SourceModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tta_server.streams.store as store_module
+
+    store = SnapshotStore(tmp_path)
+    for name in ("a", "b"):
+        store.write(name, state(tiny_source))
+    monkeypatch.setattr(store_module, "_load", lambda path: pytest.fail(f"{path} read in full"))
+    assert sorted(store.scan(headers_only=True)) == ["a", "b"]
+
+
 def test_a_file_under_another_streams_name_is_refused(tmp_path: Path, tiny_source: SourceModel) -> None:
     store = SnapshotStore(tmp_path)
     store.write("alice", state(tiny_source))

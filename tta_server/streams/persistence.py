@@ -83,8 +83,9 @@ class Persistence:
         return await manager.run(await manager.get(stream_id), work)
 
     def restore_all(self) -> list[str]:
-        """At start-up: every valid snapshot becomes a spilled stream, woken by its first request.
-        Snapshots of another model or of an unknown adapter or config are quarantined. With
+        """At start-up: every snapshot with a sound header becomes a spilled stream, woken by its first
+        request, which verifies its tensors and checksum (a damaged file is quarantined then).
+        Snapshots of another model or of an unknown adapter or config are quarantined now. With
         ownership (replicas sharing the store), streams load on demand instead, once claimed."""
         if self.manager.ownership is not None:
             return []
@@ -99,7 +100,7 @@ class Persistence:
                 return f"adapter {state['adapter']!r} with its config cannot be built: {exc}"
             return None
 
-        found = [s for s in self.store.scan(reject) if s not in self.manager.streams]
+        found = [s for s in self.store.scan(reject, headers_only=True) if s not in self.manager.streams]
         self.manager.spilled.update(found)
         return found
 

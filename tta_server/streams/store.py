@@ -7,7 +7,8 @@
   of the directory).
 * Every file carries a SHA-256 of its tensors and metadata; a file that is unreadable, fails its
   checksum, holds non-finite tensors or names another stream is moved to ``quarantine/`` with a
-  ``.reason.txt`` beside it, logged and counted (``report()``), and never loaded.
+  ``.reason.txt`` beside it, logged and counted (``report()``), and never loaded. Start-up checks
+  headers only (``scan(headers_only=True)``); a file is verified in full when it is read.
 """
 
 from __future__ import annotations
@@ -125,10 +126,15 @@ class SnapshotStore:
             return False
         return True
 
-    def scan(self, reject: Callable[[dict[str, Any]], str | None] | None = None) -> list[str]:
+    def scan(
+        self, reject: Callable[[dict[str, Any]], str | None] | None = None, headers_only: bool = False
+    ) -> list[str]:
         """Every stream with a valid snapshot, verifying each file and removing left-over temporary
         files of an interrupted write. Damaged files, and those for which ``reject(state)`` gives a
-        reason (another model, say), are quarantined."""
+        reason (another model, say), are quarantined. ``headers_only`` reads and checks each header
+        alone (format, stream id, model, adapter and config, which ``reject`` sees) and leaves the
+        tensors and checksum to :meth:`read`: a start-up over many large states then reads kilobytes,
+        not the whole store."""
         if not self.directory.is_dir():
             return []
         for leftover in self.directory.glob(".*.partial"):
@@ -136,7 +142,7 @@ class SnapshotStore:
         found = []
         for path in sorted(self.directory.glob(f"*{SUFFIX}")):
             try:
-                stream_id, state = self._verified(path, None)
+                stream_id, state = self._header(path) if headers_only else self._verified(path, None)
             except DamagedSnapshotError:
                 continue  # quarantined and logged
             reason = reject(state) if reject else None
@@ -153,6 +159,25 @@ class SnapshotStore:
             "quarantined_files": [asdict(q) for q in self.quarantined[-100:]],
         }
 
+    def _header(self, path: Path) -> tuple[str, dict[str, Any]]:
+        """The stream id and the model, adapter and config a snapshot's header names (see :meth:`scan`)."""
+        from safetensors import safe_open
+
+        try:
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    metadata = dict(handle.metadata() or {})
+            except Exception as exc:  # as in _load
+                raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from exc
+            stream_id = _identity(path, metadata, None)
+            config = json.loads(metadata.get("config", "null"))
+            if not isinstance(config, dict) or "adapter" not in metadata or "model_id" not in metadata:
+                raise ValueError("malformed header: no adapter, model_id or config object")
+        except (ValueError, InvalidStreamIdError) as exc:  # json's errors are ValueErrors
+            self.quarantine(path, str(exc))
+            raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc
+        return stream_id, {"model_id": metadata["model_id"], "adapter": metadata["adapter"], "config": config}
+
     def _verified(self, path: Path, expected_id: str | None) -> tuple[str, dict[str, Any]]:
         try:
             tensors, metadata = _load(path)
@@ -160,9 +185,7 @@ class SnapshotStore:
                 raise ValueError(f"not a snapshot of this format (file_format {metadata.get('file_format')!r})")
             if metadata.get("checksum") != _checksum(tensors, metadata):
                 raise ValueError("checksum mismatch: the file's bytes changed after it was written")
-            stream_id = validate_stream_id(metadata.get("stream_id"))
-            if path.name != file_name(stream_id) or (expected_id is not None and stream_id != expected_id):
-                raise ValueError(f"the file belongs to stream {stream_id!r}, not to its name {path.name}")
+            stream_id = _identity(path, metadata, expected_id)
             bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
             if bad:
                 raise ValueError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
@@ -185,6 +208,16 @@ class SnapshotStore:
             logger.error("snapshot %s quarantined to %s: %s", path.name, target, reason)
         except OSError as exc:  # a read-only directory: the file stays, and is skipped again next time
             logger.error("snapshot %s is damaged (%s) and could not be quarantined: %s", path.name, reason, exc)
+
+
+def _identity(path: Path, metadata: dict[str, str], expected_id: str | None) -> str:
+    """The stream id a file of this format records, if it matches the file's name (and ``expected_id``)."""
+    if metadata.get("file_format") != FILE_FORMAT:
+        raise ValueError(f"not a snapshot of this format (file_format {metadata.get('file_format')!r})")
+    stream_id = validate_stream_id(metadata.get("stream_id"))
+    if path.name != file_name(stream_id) or (expected_id is not None and stream_id != expected_id):
+        raise ValueError(f"the file belongs to stream {stream_id!r}, not to its name {path.name}")
+    return stream_id
 
 
 def _load(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
