@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from adapters.blocks.signals import ratios
 from adapters.guard_config import REASONS
+from tta_server.streams.failure_log import WRITE_OPERATIONS
 
 if TYPE_CHECKING:
     from tta_server.deps import Services
@@ -220,6 +221,14 @@ class _StateCollector(Collector):
             ("tta_ready", "1 while the server is ready (readiness probe)", lambda: float(services.is_ready())),
         ]
         if services.persistence is not None:
+            failing = GaugeMetricFamily(
+                "tta_streams_failing_writes",
+                "streams whose last write of this kind failed (retried every pass, logged when it starts and clears)",
+                labels=["operation"],
+            )
+            for what, count in manager.failures.failing(*WRITE_OPERATIONS).items():
+                failing.add_metric([what.replace(" ", "_")], count)
+            yield failing
             persistence = services.persistence
             gauges += [
                 (

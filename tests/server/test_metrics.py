@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -74,3 +76,29 @@ def test_promtool_accepts_the_scrape(url: str) -> None:
     text = httpx.get(f"{url}/metrics", headers=TOKEN).text
     checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_streams_whose_writes_fail_are_counted_while_they_fail(tmp_path: Path) -> None:
+    from tta_server.streams import SnapshotStore
+
+    blocker = SnapshotStore(tmp_path).path("b")  # made after start (start-up would quarantine it)
+
+    def failing(url: str) -> dict[str, float]:
+        got = samples(httpx.get(f"{url}/metrics").text)
+        return {dict(k[1])["operation"]: v for k, v in got.items() if k[0] == "tta_streams_failing_writes"}
+
+    def wait_for(url: str, expected: dict[str, float]) -> None:
+        deadline = time.monotonic() + 10
+        while failing(url) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert failing(url) == expected
+
+    settings = Settings(default_adapter="norm", snapshot_dir=tmp_path, snapshot_interval_s=0.1)
+    with running_server(settings) as url:
+        blocker.mkdir()  # the rename onto b's file fails: every snapshot pass fails for b
+        files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(2)]
+        for stream in ("a", "b"):
+            assert httpx.post(f"{url}/v1/predict", files=files, headers={"X-Stream-Id": stream}).status_code == 200
+        wait_for(url, {"snapshot": 1, "spill": 0, "snapshot_delete": 0})
+        blocker.rmdir()
+        wait_for(url, {"snapshot": 0, "spill": 0, "snapshot_delete": 0})  # written on a later pass

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+WRITE_OPERATIONS = ("snapshot", "spill", "snapshot delete")  # what the persistence passes retry
 _QUOTED = re.compile(r"(['\"]).*?\1")
 _PATHS = re.compile(r"/\S+")
 
@@ -71,6 +72,11 @@ class FailureLog:
                     "stream %s: %s succeeded after %d failure(s) over %.0f s",
                     stream_id, what, entry.count, self.clock() - entry.since,
                 )  # fmt: skip
+
+    def failing(self, *whats: str) -> dict[str, int]:
+        """How many streams each of ``whats`` is failing for now."""
+        with self._lock:
+            return {what: sum(1 for _, w in self.ongoing if w == what) for what in whats}
 
     def forget(self, stream_id: str, *whats: str) -> None:
         """The stream is gone here: what failed for it no longer matters (and must not pile up)."""
