@@ -35,27 +35,30 @@ def encode_state(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, st
     return tensors, metadata
 
 
-def decode_state(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[str, Any]:
-    tensors = dict(tensors)
-    generator = tensors.pop(GENERATOR_KEY, None)
-    if generator is None or generator.dtype != torch.uint8 or generator.dim() != 1:
-        raise AdapterError("state has no random-generator tensor")
+def decode_header(metadata: dict[str, str]) -> dict[str, Any]:
+    """The adapter, model, config, steps (and guard) a saved state's metadata records, checked."""
     try:
-        state = {
+        header = {
             "format": int(metadata["format"]),
             "adapter": metadata["adapter"],
             "model_id": metadata["model_id"],
             "config": json.loads(metadata["config"]),
             "steps": int(metadata["steps"]),
-            "generator": generator,
-            "tensors": tensors,
         }
         if "guard" in metadata:
-            state["guard"] = json.loads(metadata["guard"])
+            header["guard"] = json.loads(metadata["guard"])
     except KeyError as exc:
         raise AdapterError(f"state metadata lacks {exc.args[0]!r}") from None
     except (ValueError, TypeError, RecursionError) as exc:
         raise AdapterError(f"state metadata is malformed: {exc}") from None
-    if not isinstance(state["config"], dict) or state["steps"] < 0 or not isinstance(state.get("guard", {}), dict):
+    if not isinstance(header["config"], dict) or header["steps"] < 0 or not isinstance(header.get("guard", {}), dict):
         raise AdapterError("state metadata is malformed: config must be an object and steps >= 0")
-    return state
+    return header
+
+
+def decode_state(tensors: dict[str, Tensor], metadata: dict[str, str]) -> dict[str, Any]:
+    tensors = dict(tensors)
+    generator = tensors.pop(GENERATOR_KEY, None)
+    if generator is None or generator.dtype != torch.uint8 or generator.dim() != 1:
+        raise AdapterError("state has no random-generator tensor")
+    return {**decode_header(metadata), "generator": generator, "tensors": tensors}

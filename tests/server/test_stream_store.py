@@ -152,6 +152,25 @@ def test_a_header_scan_quarantines_bad_headers_now_and_damaged_contents_when_rea
     assert store.report()["quarantined"] == 1 and not store.exists("bad") and store.read("good")["steps"] == 1
 
 
+@pytest.mark.parametrize("headers_only", [True, False])
+def test_a_header_nested_too_deep_is_quarantined_not_a_crash(
+    tmp_path: Path, tiny_source: SourceModel, headers_only: bool
+) -> None:
+    store = SnapshotStore(tmp_path)
+    store.write("good", state(tiny_source))
+    path = store.write("deep", state(tiny_source))
+    _rewrite(path, config="[" * 100_000)  # json's parser recurses; the checksum made valid again below
+    from safetensors import safe_open
+
+    from tta_server.streams.store import _checksum
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = dict(handle.metadata() or {})
+    _rewrite(path, checksum=_checksum(load_file(str(path)), meta))
+    assert store.scan(headers_only=headers_only) == ["good"]
+    assert "recursion" in store.report()["quarantined_files"][0]["reason"]
+
+
 def test_a_header_scan_reads_no_tensors(
     tmp_path: Path, tiny_source: SourceModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

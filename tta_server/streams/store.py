@@ -29,7 +29,7 @@ from adapters import AdapterError
 from adapters.atomic import atomic_path, atomic_write_text
 from adapters.online import BUFFER_PREFIX
 from adapters.source_model import state_sha256
-from adapters.state_io import decode_state, encode_state
+from adapters.state_io import decode_header, decode_state, encode_state
 from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
 from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
@@ -170,13 +170,11 @@ class SnapshotStore:
             except Exception as exc:  # as in _load
                 raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from exc
             stream_id = _identity(path, metadata, None)
-            config = json.loads(metadata.get("config", "null"))
-            if not isinstance(config, dict) or "adapter" not in metadata or "model_id" not in metadata:
-                raise ValueError("malformed header: no adapter, model_id or config object")
-        except (ValueError, InvalidStreamIdError) as exc:  # json's errors are ValueErrors
+            header = decode_header(metadata)
+        except (ValueError, AdapterError, InvalidStreamIdError) as exc:
             self.quarantine(path, str(exc))
             raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc
-        return stream_id, {"model_id": metadata["model_id"], "adapter": metadata["adapter"], "config": config}
+        return stream_id, header
 
     def _verified(self, path: Path, expected_id: str | None) -> tuple[str, dict[str, Any]]:
         try:
