@@ -23,6 +23,7 @@ from tta_server.streams import (
     InvalidStreamIdError,
     MemoryBudgetError,
     MissingSnapshotError,
+    SnapshotDeleteError,
     SnapshotError,
     SnapshotsDisabledError,
     StreamExistsError,
@@ -62,6 +63,8 @@ def _mapping(exc: Exception) -> tuple[int, str, str, dict[str, str] | None]:
         return exc.status, exc.code, exc.message, exc.headers
     if isinstance(exc, FeedbackError):
         return exc.status, exc.code, str(exc), None
+    if isinstance(exc, SnapshotDeleteError):  # the disk refused: nothing changed, retry later
+        return 503, "snapshot_delete_failed", str(exc), RETRY
     if isinstance(exc, StreamLimitError):  # no room now: retry once others finish or go idle
         if isinstance(exc, StreamOwnedError):
             return 503, "stream_owned_elsewhere", str(exc), RETRY

@@ -53,7 +53,7 @@ MANAGER_COUNTERS = {
     "refused_stream_limit": ("tta_refused_streams_stream_limit", "streams refused (503) by max_streams"),
     "snapshot_failures": ("tta_snapshot_failures", "snapshot writes that failed (retried on the next pass)"),
     "spill_failures": ("tta_spill_failures", "spills that failed (the stream stayed in memory)"),
-    "delete_failures": ("tta_snapshot_delete_failures", "snapshot deletions that failed (retried)"),
+    "delete_failures": ("tta_snapshot_delete_failures", "snapshot deletions that failed (the stream was kept)"),
 }
 
 

@@ -4,6 +4,7 @@ bounded shutdown; readiness while writes keep failing; snapshots of another mode
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import threading
@@ -23,6 +24,7 @@ from tta_server import Settings
 from tta_server.streams import (
     MemoryBudgetError,
     Persistence,
+    SnapshotDeleteError,
     SnapshotStore,
     StreamManager,
     StreamOptions,
@@ -235,7 +237,7 @@ def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path,
     asyncio.run(main())
 
 
-def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_source: SourceModel) -> None:
+def test_a_spilled_stream_whose_snapshot_cannot_be_deleted_is_kept(tmp_path: Path, tiny_source: SourceModel) -> None:
     async def main() -> None:
         manager, persistence = manager_with_store(tiny_source, tmp_path)
         store = persistence.store
@@ -244,22 +246,66 @@ def test_a_snapshot_that_cannot_be_deleted_is_retried(tmp_path: Path, tiny_sourc
 
         def flaky_delete(stream_id: str) -> bool:
             if failing[0]:
-                raise PermissionError("read-only file system")
+                raise PermissionError(errno.EROFS, "Read-only file system")
             return delete(stream_id)
 
         store.delete = flaky_delete  # type: ignore[method-assign]
         try:
             await manager.step("old", image_batch(4))
-            await persistence.snapshot("old")
-            await manager.delete("old")  # answered: the stream is gone from memory
-            assert manager.undeleted == {"old"} and store.exists("old")
+            assert await manager.spill(manager.streams["old"])
+            with pytest.raises(SnapshotDeleteError, match=r"Read-only file system.*kept as it was"):
+                await manager.delete("old")
+            assert manager.spilled == {"old"} and store.exists("old")  # nothing lost: it can still wake
+            assert manager.counters["delete_failures"] == 1
+            assert manager.failures.failing("snapshot delete") == {"snapshot delete": 1}
             failing[0] = False
-            await persistence.snapshot_changed()
-            assert manager.undeleted == set() and not store.exists("old")
+            await manager.delete("old")
+            assert manager.spilled == set() and not store.exists("old")
+            assert manager.failures.failing("snapshot delete") == {"snapshot delete": 0}
         finally:
             manager.close()
 
     asyncio.run(main())
+
+
+def oip_step(client: httpx.Client, sequence_id: int, **parameters: bool) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [4, 3, 32, 32], "data": [0.5] * 4 * 3072}],
+        "parameters": {"sequence_id": sequence_id, **parameters},
+    }
+    return client.post("/v2/models/cifar10-airbench/infer", json=body)
+
+
+def test_a_delete_the_disk_refuses_keeps_the_stream_and_says_so(tmp_path: Path) -> None:
+    """A snapshot left behind by a delete answered 204 would bring the stream back at the next
+    start: the delete must either remove both or change nothing."""
+    settings = Settings(default_adapter="tent", min_adapt_batch=4, snapshot_dir=tmp_path, snapshot_interval_s=3600)
+    store = SnapshotStore(tmp_path)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert predict(client, "cam", 1).status_code == 200
+        assert oip_step(client, 5, sequence_start=True).status_code == 200
+        for stream_id in ("cam", "seq-5"):
+            store.path(stream_id).mkdir()  # unlink() now fails with EISDIR, as on a read-only disk
+        refused = client.delete("/v1/streams/cam")
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        error = refused.json()["error"]
+        assert error["code"] == "snapshot_delete_failed" and "kept as it was" in error["message"]
+        assert client.get("/v1/streams/cam").json()["steps"] == 1  # nothing lost
+        ended = oip_step(client, 5, sequence_end=True)
+        assert ended.status_code == 200 and len(ended.json()["outputs"][0]["data"]) == 40  # outputs kept
+        assert ended.json()["parameters"]["sequence_released"] is False
+        assert client.get("/v1/streams/seq-5").json()["steps"] == 2
+        restart = oip_step(client, 5, sequence_start=True)  # cannot start afresh: refused before the step
+        assert restart.status_code == 503 and "cannot be deleted" in restart.json()["error"]
+        assert client.get("/v1/streams/seq-5").json()["steps"] == 2
+        for stream_id in ("cam", "seq-5"):
+            store.path(stream_id).rmdir()
+        assert client.delete("/v1/streams/cam").status_code == 204
+        released = oip_step(client, 5, sequence_end=True)
+        assert released.status_code == 200 and "parameters" not in released.json()
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/streams/cam").status_code == 404
+        assert client.get("/v1/streams/seq-5").status_code == 404
 
 
 def slow_store(directory: Path, seconds: float) -> SnapshotStore:

@@ -105,7 +105,11 @@ def _outputs(requested: object, binary_default: bool) -> list[tuple[str, bool]]:
 
 
 def encode_infer(
-    request: InferRequest, probabilities: np.ndarray[Any, Any], model_name: str, model_version: str
+    request: InferRequest,
+    probabilities: np.ndarray[Any, Any],
+    model_name: str,
+    model_version: str,
+    parameters: dict[str, object] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when binary outputs follow it."""
     arrays = {
@@ -126,5 +130,7 @@ def encode_infer(
     response: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.request_id is not None:
         response["id"] = request.request_id
+    if parameters:
+        response["parameters"] = parameters
     encoded = json.dumps(response).encode()
     return (encoded + b"".join(chunks), len(encoded)) if chunks else (encoded, None)

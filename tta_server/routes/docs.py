@@ -34,7 +34,7 @@ COMMON = {
     413: "body or image count over the limits",
     415: "unsupported content type",
     422: "invalid request, image or config, or a diverged step (undone)",
-    503: "no room: stream limit or memory budget (Retry-After)",
+    503: "retry later (Retry-After): stream limit, memory budget, stream on another replica, undeletable snapshot",
 }
 ERRORS = _errors(ErrorBody, COMMON)
 OIP_ERRORS = _errors(OipErrorBody, COMMON)

@@ -6,7 +6,8 @@ or UINT8 (N, H, W, 3), as JSON ``data`` or with the binary-data extension
 INT64 (N,), as JSON or binary when asked. The sequence parameters map onto streams, as Triton's
 sequence batcher does with correlation ids: ``sequence_id`` names the stream (``seq-<id>``),
 ``sequence_start`` starts it afresh and ``sequence_end`` releases it (deleting its state) after
-the request; both need an admin token when admin tokens are set. Without a ``sequence_id`` the
+the request (a stream whose snapshot cannot be deleted is kept, and the response's parameters say
+``sequence_released: false``); both need an admin token when admin tokens are set. Without a ``sequence_id`` the
 request runs on the shared default stream. Errors are ``{"error": "<message>"}``.
 """
 
@@ -22,7 +23,7 @@ from tta_server.codec.oip import decode_infer, encode_infer
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import OIP_ERRORS
 from tta_server.routes.oip_models import check_model
-from tta_server.streams import UnknownStreamError, stream_id_for_sequence
+from tta_server.streams import SnapshotDeleteError, UnknownStreamError, stream_id_for_sequence
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS, dependencies=API)
 HEADER_LENGTH = "inference-header-content-length"
@@ -41,6 +42,19 @@ async def infer(
         services.statistics.record(0, started, ok=False)
         raise
     return response
+
+
+async def _release(services: ServicesDep, stream_id: str) -> dict[str, object] | None:
+    """End a sequence. The inference has run: a stream that cannot be deleted (its snapshot is on a
+    read-only disk) is kept, and the response's parameters say so instead of losing the outputs."""
+    try:
+        await services.streams.delete(stream_id)
+    except UnknownStreamError:
+        pass
+    except SnapshotDeleteError as exc:
+        return {"sequence_released": False, "sequence_release_error": str(exc)}
+    services.feedback.forget(stream_id)
+    return None
 
 
 async def _infer(request: Request, name: str, services: ServicesDep, role: ApiRole) -> Response:
@@ -63,12 +77,11 @@ async def _infer(request: Request, name: str, services: ServicesDep, role: ApiRo
     result = await streams.step(stream_id, decoded.batch)
     request.state.adapter = result.adapter
     services.statistics.record(decoded.batch.shape[0], started, ok=True)
+    released: dict[str, object] | None = None
     if sequence_stream is not None and end:
-        with contextlib.suppress(UnknownStreamError):
-            await streams.delete(stream_id)
-        services.feedback.forget(stream_id)
+        released = await _release(services, stream_id)
     probabilities = result.logits.float().softmax(1).numpy()
-    content, header_length = encode_infer(decoded, probabilities, name, source.model_id)
+    content, header_length = encode_infer(decoded, probabilities, name, source.model_id, released)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

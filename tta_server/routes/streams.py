@@ -216,7 +216,9 @@ async def reset_stream(request: Request, manager: ManagerDep, stream_id: str = S
 
 @router.delete("/streams/{stream_id}", status_code=204, dependencies=ADMIN + ROUTED)
 async def delete_stream(request: Request, services: ServicesDep, stream_id: str = StreamId) -> None:
-    """Forget the stream and delete its snapshot (it does not come back after a restart)."""
+    """Forget the stream and delete its snapshot (it does not come back after a restart). When the
+    snapshot cannot be deleted (a read-only disk) the answer is 503 ``snapshot_delete_failed`` and
+    the stream is kept as it was."""
     request.state.stream_id = stream_id
     await services.streams.delete(stream_id)
     services.feedback.forget(stream_id)

@@ -46,6 +46,10 @@ class SnapshotError(RuntimeError):
     """A snapshot that is missing (404) or does not fit this server's model or config (409)."""
 
 
+class SnapshotDeleteError(SnapshotError):
+    """A deleted stream's snapshot could not be removed; the stream is kept (503, retry)."""
+
+
 class SnapshotsDisabledError(SnapshotError):
     """The server runs without ``snapshot_dir``."""
 

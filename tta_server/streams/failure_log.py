@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WRITE_OPERATIONS = ("snapshot", "spill", "snapshot delete")  # what the persistence passes retry
+WRITE_OPERATIONS = ("snapshot", "spill", "snapshot delete")  # writes that can keep failing
 _QUOTED = re.compile(r"(['\"]).*?\1")
 _PATHS = re.compile(r"/\S+")
 

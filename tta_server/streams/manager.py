@@ -26,6 +26,7 @@ from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
     MemoryBudgetError,
+    SnapshotDeleteError,
     SnapshotError,
     StreamExistsError,
     StreamLimitError,
@@ -63,9 +64,8 @@ class StreamManager(Residency):
         self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
-        self.undeleted: set[str] = set()  # deleted streams whose snapshot is still to be removed
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
-        self.failures = FailureLog(logging.getLogger("tta_server.streams.persistence"))  # retried each pass
+        self.failures = FailureLog(logging.getLogger("tta_server.streams.persistence"))  # writes that keep failing
         # called after every step with (adapter, images, seconds, signals): metrics
         # (adapter, images, step seconds, signals, phase seconds: queue and OnlineStream's PHASES)
         self.step_observers: list[Callable[[str, int, float, dict[str, float], dict[str, float]], None]] = []
@@ -249,13 +249,16 @@ class StreamManager(Residency):
         return await self.run(await self.get(stream_id), work)
 
     async def delete(self, stream_id: str) -> None:
-        """Forget the stream and its snapshot, after its in-flight requests."""
+        """Forget the stream and its snapshot, after its in-flight requests. The snapshot goes first:
+        when it cannot be removed the stream is kept as it was and :class:`SnapshotDeleteError` says
+        why (a file left behind would bring the deleted stream back at the next start)."""
         await self.claim_waiting(stream_id)
         while True:
             stream = self.streams.get(stream_id)
             if stream is not None:
                 async with stream.lock:
                     if self.streams.get(stream_id) is stream:
+                        await self._delete_snapshot(stream_id)
                         stream.deleted = True
                         self.streams.pop(stream_id)
                         break
@@ -265,25 +268,26 @@ class StreamManager(Residency):
                     continue
                 if stream_id not in self.spilled:
                     raise UnknownStreamError(stream_id)
+                await self._delete_snapshot(stream_id)
                 self.spilled.discard(stream_id)
                 break
         self.failures.forget(stream_id, "snapshot", "spill")
-        self.forget_snapshot(stream_id)
+        if self.ownership is not None:
+            self.ownership.forget(stream_id)
 
-    def forget_snapshot(self, stream_id: str) -> None:
-        """Delete a deleted stream's snapshot; a refusal is logged, counted and retried by the
-        persistence passes (a left-over file would bring the stream back at the next start)."""
+    async def _delete_snapshot(self, stream_id: str) -> None:
+        if self.store is None:
+            return
         try:
-            if self.store is not None and stream_id not in self.streams:
-                self.store.delete(stream_id)
-            self.undeleted.discard(stream_id)
-            self.failures.cleared(stream_id, "snapshot delete")
-            if self.ownership is not None:
-                self.ownership.forget(stream_id)
+            await asyncio.to_thread(self.store.delete, stream_id)
         except OSError as exc:
-            self.undeleted.add(stream_id)
             self.counters["delete_failures"] += 1
-            self.failures.failed(stream_id, "snapshot delete", exc, " (retried)")
+            self.failures.failed(stream_id, "snapshot delete", exc, " (the stream is kept)")
+            raise SnapshotDeleteError(
+                f"the snapshot of stream {stream_id!r} cannot be deleted ({exc.strerror or exc}); the stream is "
+                "kept as it was: retry the delete once the snapshot directory is writable"
+            ) from exc
+        self.failures.cleared(stream_id, "snapshot delete")
 
     def close(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)

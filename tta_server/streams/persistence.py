@@ -107,8 +107,6 @@ class Persistence:
     async def snapshot_changed(self) -> tuple[int, int]:
         """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
         written = failed = 0
-        for stream_id in list(self.manager.undeleted):
-            self.manager.forget_snapshot(stream_id)
         for stream_id, stream in list(self.manager.streams.items()):
             if stream.version == stream.saved_version or stream.deleted:
                 continue
@@ -120,10 +118,8 @@ class Persistence:
             except Exception as exc:  # an unwritable file or directory, a full disk, ...
                 self._failed(stream_id, "snapshot", exc)
                 failed += 1
-        if not failed and not self.manager.undeleted:
+        if not failed:
             self.failing_since, self.last_success_at = None, time.time()
-        elif self.manager.undeleted:
-            self.failing_since = self.failing_since or time.time()
         return written, failed
 
     async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
@@ -220,7 +216,6 @@ class Persistence:
             "last_error": self.last_error,
             "last_success_at": self.last_success_at,
             "failures": {k: v for k, v in self.manager.counters.items() if k.endswith("_failures")},
-            "snapshots_to_delete": sorted(self.manager.undeleted),
             "ownership": self.manager.ownership.report() if self.manager.ownership else None,
         }
 
