@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from adapters import SourceModel, create_adapter, create_source_model
 from tta_server import __version__
 from tta_server.codec.limits import BodyLimitMiddleware
-from tta_server.deps import Services
+from tta_server.deps import Services, one_stream_header
 from tta_server.errors import error_body, install_error_handlers
 from tta_server.logs import AccessLogMiddleware, ReplicaHeaderMiddleware
 from tta_server.metrics import ServerMetrics
@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         title="tta-server",
         version=__version__,
         lifespan=lifespan,
+        dependencies=[Depends(one_stream_header)],
         description="Continual test-time adaptation: per-stream online adapters over a frozen classifier.",
     )
     app.state.settings = settings

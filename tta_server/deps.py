@@ -33,6 +33,13 @@ class Services:
         return self.ready and (self.persistence is None or self.persistence.healthy())
 
 
+def one_stream_header(request: Request) -> None:
+    """Several X-Stream-Id headers are ambiguous: a balancer may hash the first, the last or all of
+    them joined, and so route the request by another stream than the one it adapts."""
+    if len(request.headers.getlist("x-stream-id")) > 1:
+        raise ApiError(400, "invalid_stream_id", "send one X-Stream-Id header, not several")
+
+
 def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings

@@ -142,6 +142,20 @@ def test_hostile_stream_ids_get_400_on_every_edge(url: str, stream_id: str) -> N
         assert path.status_code == 400 and path.json()["error"]["code"] == "invalid_stream_id"
 
 
+def test_several_stream_headers_are_refused_and_adapt_nothing(url: str) -> None:
+    """A balancer may hash the first, the last or the joined X-Stream-Id; the server must not pick one."""
+    before = httpx.get(f"{url}/v1/streams").json()
+    body = np.zeros((1, 32, 32, 3), np.uint8).tobytes()
+    tensor = {"content-type": "application/octet-stream", "x-tensor-shape": "1,32,32,3", "x-tensor-dtype": "uint8"}
+    headers = [*tensor.items(), ("x-stream-id", "twin-a"), ("X-Stream-Id", "twin-b")]
+    predict = httpx.post(f"{url}/v1/predict", content=body, headers=headers)
+    assert predict.status_code == 400 and predict.json()["error"]["code"] == "invalid_stream_id", predict.text
+    assert "one X-Stream-Id" in predict.json()["error"]["message"]
+    reset = httpx.post(f"{url}/v1/streams/twin-a/reset", headers=headers[3:])
+    assert reset.status_code == 400
+    assert httpx.get(f"{url}/v1/streams").json() == before
+
+
 def test_absurd_adapter_configs_are_refused(url: str) -> None:
     for config in ({"optimizer": {"lr": 1e6}}, {"optimizer": {"lr": -1}}, {"optimizer": {"momentum": 5}}):
         response = httpx.post(f"{url}/v1/streams", json={"stream_id": "absurd", "adapter": "tent", "config": config})
