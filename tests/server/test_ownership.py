@@ -133,7 +133,7 @@ def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_p
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "stream_owned_elsewhere"
         message = refused.json()["error"]["message"]
         assert "active on replica 'a'" in message and "X-Stream-Id: cam" in message
-        (record,) = list(lease.glob("*.json"))
+        (record,) = list(lease.glob("*.json"))  # one stream so far
         assert '"handover_to": null' in record.read_text()  # the owner was not asked
         assert a.get("/v1/streams/cam").json()["steps"] == 1  # and still serves it
         for path in ("/v1/streams/cam/reset", "/v1/streams/cam/snapshot"):  # writes the balancer did not
@@ -141,6 +141,14 @@ def test_reading_a_stream_another_replica_holds_never_asks_it_to_hand_over(tmp_p
                 unrouted = b.post(path, headers=headers)
                 assert unrouted.status_code == 503 and "X-Stream-Id: cam" in unrouted.json()["error"]["message"]
         assert b.delete("/v1/streams/cam").status_code == 503
+        sequence = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [4, 3, 32, 32], "data": [0.5] * 12288}]}
+        sequence["parameters"] = {"sequence_id": 9}
+        oip = "/v2/models/cifar10-airbench/infer"
+        assert a.post(oip, json=sequence, headers={"X-Stream-Id": "seq-9"}).status_code == 200
+        for headers in ({}, {"X-Stream-Id": "cam"}):  # an OIP sequence routed by no header or another's
+            unrouted = b.post(oip, json=sequence, headers=headers)
+            assert unrouted.status_code == 503 and "X-Stream-Id: seq-9" in unrouted.json()["error"]
+        assert all('"handover_to": null' in r.read_text() for r in lease.glob("*.json"))
         assert '"handover_to": null' in record.read_text() and a.get("/v1/streams/cam").json()["steps"] == 1
         asked = b.post("/v1/streams/cam/reset", headers={"X-Stream-Id": "cam"})  # routed by it: asks, waits
         assert asked.status_code in (200, 503), asked.text

@@ -24,6 +24,7 @@ from tta_server.deps import ServicesDep
 from tta_server.routes.docs import OIP_ERRORS
 from tta_server.routes.oip_models import check_model
 from tta_server.streams import SnapshotDeleteError, UnknownStreamError, stream_id_for_sequence
+from tta_server.streams.claims import routed_by_stream_header
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], responses=OIP_ERRORS, dependencies=API)
 HEADER_LENGTH = "inference-header-content-length"
@@ -67,6 +68,8 @@ async def _infer(request: Request, name: str, services: ServicesDep, role: ApiRo
     sequence_stream = stream_id_for_sequence(parameters.get("sequence_id"))
     stream_id = sequence_stream or settings.default_stream
     request.state.stream_id = stream_id
+    # with replicas: the balancer routed it by this sequence only if the header names its stream
+    routed_by_stream_header.set(request.headers.get("x-stream-id") == sequence_stream)
     start, end = bool(parameters.get("sequence_start")), bool(parameters.get("sequence_end"))
     if sequence_stream is not None and (start or end):
         require_admin_role(role, "sequence_start / sequence_end")
