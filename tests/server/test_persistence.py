@@ -458,3 +458,39 @@ def test_a_delete_racing_a_spill_waits_for_it_and_nothing_comes_back(tmp_path: P
             manager.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("spilled", [False, True])
+def test_a_delete_during_a_restore_waits_for_it_and_nothing_comes_back(
+    tmp_path: Path, tiny_source: SourceModel, spilled: bool
+) -> None:
+    """A restore reading the snapshot while a delete removes it must not then create the stream
+    again from what it read: both answered, the stream would be back, and the next pass would write it."""
+
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        store = persistence.store
+        read = store.read
+
+        def slow_read(stream_id: str) -> dict[str, Any]:
+            state = read(stream_id)
+            time.sleep(0.3)  # a large snapshot on a slow disk
+            return state
+
+        try:
+            await manager.step("cam", image_batch(4))
+            await persistence.snapshot("cam")
+            if spilled:
+                assert await manager.spill(manager.streams["cam"])
+            store.read = slow_read  # type: ignore[method-assign]
+            restoring = asyncio.create_task(persistence.restore("cam"))
+            await asyncio.sleep(0.1)
+            await manager.delete("cam")
+            assert (await restoring).online.steps == 1  # it ran first; the delete waited for it
+            assert "cam" not in manager.streams and "cam" not in manager.spilled and not store.exists("cam")
+            assert await persistence.snapshot_changed() == (0, 0)
+            assert not store.exists("cam")
+        finally:
+            manager.close()
+
+    asyncio.run(main())

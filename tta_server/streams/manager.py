@@ -145,12 +145,14 @@ class StreamManager(Residency):
             stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
         return stream
 
-    async def create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
-        """A stream from a snapshot's state, replacing a spilled copy (``StreamExistsError`` if the
-        stream is in memory)."""
+    async def create_from_state(self, stream_id: str, read: Callable[[], dict[str, Any]]) -> Stream:
+        """A stream from the snapshot state ``read()`` returns, replacing a spilled copy
+        (``StreamExistsError`` if the stream is in memory). The read happens with ``transfers``
+        held, so a delete cannot remove the stream between the read and the create."""
         async with self.transfers:
             if stream_id in self.streams:
                 raise StreamExistsError(f"stream {stream_id!r} is in memory")
+            state = await asyncio.to_thread(read)
             self.spilled.discard(stream_id)
             return await self._create_from_state(stream_id, state)
 

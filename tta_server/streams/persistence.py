@@ -65,13 +65,14 @@ class Persistence:
 
     async def restore(self, stream_id: str) -> Stream:
         """Load the stream's snapshot, creating the stream with the snapshot's adapter and config."""
-        manager = self.manager
-        state = await asyncio.to_thread(self.store.read, stream_id)
+        manager, store = self.manager, self.store
+        await manager.claim_waiting(stream_id)
         if stream_id not in manager.streams:
             with contextlib.suppress(StreamExistsError):  # woken meanwhile: load into it below
-                return await manager.create_from_state(stream_id, state)
+                return await manager.create_from_state(stream_id, lambda: store.read(stream_id))
 
         def work(stream: Stream) -> Stream:
+            state = store.read(stream_id)  # under the stream's lock: a delete waits for the restore
             try:
                 stream.online.load_state_dict(state)
             except (AdapterError, ValueError, KeyError) as exc:
