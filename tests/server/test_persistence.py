@@ -494,3 +494,27 @@ def test_a_delete_during_a_restore_waits_for_it_and_nothing_comes_back(
             manager.close()
 
     asyncio.run(main())
+
+
+def test_restoring_a_damaged_spilled_stream_forgets_it(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """The quarantined file was the spilled stream's only state: it must not stay listed as spilled."""
+    from tta_server.streams import DamagedSnapshotError
+
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            await manager.step("cam", image_batch(4))
+            assert await manager.spill(manager.streams["cam"])
+            path = persistence.store.path("cam")
+            damaged = bytearray(path.read_bytes())
+            damaged[-10] ^= 0xFF
+            path.write_bytes(bytes(damaged))
+            with pytest.raises(DamagedSnapshotError, match="checksum mismatch"):
+                await persistence.restore("cam")
+            assert manager.spilled == set() and manager.streams == {}
+            with pytest.raises(UnknownStreamError):
+                await manager.get("cam")
+        finally:
+            manager.close()
+
+    asyncio.run(main())

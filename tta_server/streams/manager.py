@@ -145,15 +145,17 @@ class StreamManager(Residency):
             stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
         return stream
 
-    async def create_from_state(self, stream_id: str, read: Callable[[], dict[str, Any]]) -> Stream:
-        """A stream from the snapshot state ``read()`` returns, replacing a spilled copy
-        (``StreamExistsError`` if the stream is in memory). The read happens with ``transfers``
-        held, so a delete cannot remove the stream between the read and the create."""
+    async def load_from_store(self, stream_id: str) -> Stream:
+        """A stream not in memory, from its snapshot (a spilled one is woken; ``StreamExistsError``
+        if it is in memory). ``transfers`` is held from the read to the create, so a delete cannot
+        remove the stream in between."""
+        assert self.store is not None
         async with self.transfers:
             if stream_id in self.streams:
                 raise StreamExistsError(f"stream {stream_id!r} is in memory")
-            state = await asyncio.to_thread(read)
-            self.spilled.discard(stream_id)
+            if stream_id in self.spilled:
+                return await self._wake(stream_id)
+            state = await asyncio.to_thread(self.store.read, stream_id)
             return await self._create_from_state(stream_id, state)
 
     async def _create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:

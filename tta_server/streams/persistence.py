@@ -69,7 +69,7 @@ class Persistence:
         await manager.claim_waiting(stream_id)
         if stream_id not in manager.streams:
             with contextlib.suppress(StreamExistsError):  # woken meanwhile: load into it below
-                return await manager.create_from_state(stream_id, lambda: store.read(stream_id))
+                return await manager.load_from_store(stream_id)
 
         def work(stream: Stream) -> Stream:
             state = store.read(stream_id)  # under the stream's lock: a delete waits for the restore
