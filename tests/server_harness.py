@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from tta_server import Settings, create_app
+from tta_server.http_protocol import head_deadline_protocol
 
 
 def free_port() -> int:
@@ -22,7 +23,10 @@ def free_port() -> int:
 @contextmanager
 def running_server(settings: Settings, timeout: float = 60.0) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    http = head_deadline_protocol(settings.request_head_timeout_s)  # as tta-server serve runs it
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

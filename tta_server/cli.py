@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from adapters.errors import AdapterError, describe_validation
+from tta_server.http_protocol import head_deadline_protocol
 from tta_server.settings import Settings
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def uvicorn_config(settings: Settings, services: Services | None = None) -> uvic
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         access_log=False,  # tta_server.access logs every request with its id, stream and adapter
         log_config=None,
+        http=head_deadline_protocol(settings.request_head_timeout_s),
     )
 
 

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     max_images_per_request: int = Field(256, ge=1, description="more images in one request: 413")
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
+    request_head_timeout_s: float = Field(
+        30.0, gt=0, description="a request line and headers taking longer than this: 408 and the connection closed"
+    )
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="on SIGTERM, how long in-flight requests may take before they are cut"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import time
@@ -16,11 +17,18 @@ from tests.server_harness import running_server
 from tta_server import Settings
 
 LIMIT = 256 * 1024
+HEAD_TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
-    settings = Settings(default_adapter="norm", max_request_bytes=LIMIT, request_read_timeout_s=0.5, min_adapt_batch=4)
+    settings = Settings(
+        default_adapter="norm",
+        max_request_bytes=LIMIT,
+        request_read_timeout_s=0.5,
+        request_head_timeout_s=HEAD_TIMEOUT_S,
+        min_adapt_batch=4,
+    )
     with running_server(settings) as base:
         yield base
 
@@ -112,6 +120,56 @@ def test_a_stalled_upload_times_out(url: str) -> None:
     started = time.monotonic()
     status, _ = chunked_upload(url, "/v1/predict", "application/json", stalling(), budget=LIMIT)
     assert status == 408 and time.monotonic() - started < 5
+
+
+def test_slow_and_silent_heads_are_cut_and_the_server_keeps_serving(url: str) -> None:
+    """Slowloris: connections that never finish their headers (or send nothing, or trickle a byte
+    at a time) would otherwise be held forever and use up the server's file descriptors."""
+    address = urlparse(url)
+
+    def connect(first: bytes) -> socket.socket:
+        sock = socket.create_connection((address.hostname, address.port), timeout=10)
+        sock.sendall(first)
+        return sock
+
+    partial = [connect(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n") for _ in range(50)]
+    silent = [connect(b"") for _ in range(50)]
+    trickler = connect(b"G")
+    started = time.monotonic()
+    for byte in b"ET /health/live HTTP/1.1\r\nX-Slow: 1":  # each byte resets uvicorn's keep-alive timer
+        with contextlib.suppress(OSError):
+            trickler.sendall(bytes([byte]))
+        time.sleep(0.1)
+        if time.monotonic() - started > 3 * HEAD_TIMEOUT_S:
+            break
+    assert httpx.get(f"{url}/health/live", timeout=10).status_code == 200  # serving meanwhile
+    for sock in [*partial, *silent, trickler]:
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while data := sock.recv(65536):  # the server closes the connection after its answer
+                answer += data
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer
+    assert time.monotonic() - started < 10
+
+
+def test_the_head_deadline_spares_idle_keep_alive_and_slow_bodies(url: str) -> None:
+    with httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/health/live").status_code == 200
+        time.sleep(HEAD_TIMEOUT_S + 0.5)  # idle between requests: uvicorn's keep-alive timeout applies
+        assert client.get("/health/live").status_code == 200
+
+    address = urlparse(url)
+    payload = f'{{"images": ["{base64.b64encode(png(1)).decode()}"]}}'.encode()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(b"Transfer-Encoding: chunked\r\n\r\n")
+        for i in range(0, len(payload), len(payload) // 8 + 1):
+            time.sleep(0.3)  # within request_read_timeout_s, longer than the head deadline in all
+            chunk = payload[i : i + len(payload) // 8 + 1]
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
 
 def test_requests_within_the_limit_still_work(url: str) -> None:

@@ -163,3 +163,12 @@ def test_a_budget_no_request_could_fit_in_is_refused_at_start(tmp_path: Path) ->
     message = str(refused.value)
     assert message.startswith("memory_budget_bytes=400000 cannot hold a single step")
     assert "default adapter 'tent' needs" in message and "min_adapt_batch=16" in message and "\n" not in message
+
+
+def test_serve_runs_uvicorn_with_the_head_deadline() -> None:
+    from tta_server.cli import uvicorn_config
+    from tta_server.http_protocol import HeadDeadlineProtocol
+
+    config = uvicorn_config(Settings(request_head_timeout_s=7.5))
+    assert isinstance(config.http, type) and issubclass(config.http, HeadDeadlineProtocol)
+    assert config.http.head_timeout_s == 7.5
