@@ -518,3 +518,28 @@ def test_restoring_a_damaged_spilled_stream_forgets_it(tmp_path: Path, tiny_sour
             manager.close()
 
     asyncio.run(main())
+
+
+def test_a_wall_clock_step_neither_expires_streams_nor_flips_readiness(
+    tmp_path: Path, tiny_source: SourceModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP stepping the clock, or a VM resumed after an hour: without a store, streams that merely
+    look idle by the wall clock would be dropped, their state lost."""
+    from tta_server.streams.persistence import expire_unpersisted
+
+    async def main() -> None:
+        manager = StreamManager(tiny_source, StreamOptions(default_adapter="tent", min_adapt_batch=4))
+        _, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            await manager.step("cam", image_batch(4))
+            persistence._failed("cam", "snapshot", OSError(28, "No space left on device"))
+            wall = time.time
+            monkeypatch.setattr(time, "time", lambda: wall() + 3600)
+            assert expire_unpersisted(manager, idle_s=600) == [] and "cam" in manager.streams
+            assert persistence.healthy()  # 1 h of wall time, not of failing
+            assert expire_unpersisted(manager, idle_s=0) == ["cam"]  # real idleness still expires
+        finally:
+            manager.close()
+            persistence.manager.close()
+
+    asyncio.run(main())

@@ -171,7 +171,7 @@ class StreamManager(Residency):
         async with stream.lock:
             if stream.deleted:
                 raise UnknownStreamError(stream.stream_id)
-            stream.last_used_at = time.time()
+            stream.touch()
             need = 0
             if images and self.budget.enabled:
                 estimate = await self.budget.estimate(stream.online.adapter, self.source, self.in_executor)

@@ -31,17 +31,20 @@ class Persistence:
         self.manager = manager
         self.store = store
         self.failure_grace_s = failure_grace_s
-        self.failing_since: float | None = None
+        self.failing_since: float | None = None  # a timestamp, for the report
+        self._failing_since_monotonic: float | None = None  # the same moment, on the monotonic clock
         self.last_error: str | None = None
         self.last_success_at: float | None = None
 
     def healthy(self) -> bool:
-        return self.failing_since is None or time.time() - self.failing_since < self.failure_grace_s
+        since = self._failing_since_monotonic
+        return since is None or time.monotonic() - since < self.failure_grace_s
 
     def _failed(self, stream_id: str, what: str, exc: BaseException) -> None:
         self.manager.counters[f"{what}_failures"] += 1
         self.last_error = f"{what} of stream {stream_id!r}: {exc}"
-        self.failing_since = self.failing_since or time.time()
+        if self.failing_since is None:
+            self.failing_since, self._failing_since_monotonic = time.time(), time.monotonic()
         self.manager.failures.failed(stream_id, what, exc)
 
     async def snapshot(self, stream_id: str) -> Path:
@@ -120,7 +123,7 @@ class Persistence:
                 self._failed(stream_id, "snapshot", exc)
                 failed += 1
         if not failed:
-            self.failing_since, self.last_success_at = None, time.time()
+            self.failing_since, self._failing_since_monotonic, self.last_success_at = None, None, time.time()
         return written, failed
 
     async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
@@ -150,10 +153,10 @@ class Persistence:
     async def expire_idle(self, idle_s: float) -> list[str]:
         """Streams unused for ``idle_s`` leave memory, to the store (they wake on their next request,
         on whichever replica: with ownership their leases are released)."""
-        now, expired = time.time(), []
+        expired = []
         ownership = self.manager.ownership
         for stream in list(self.manager.streams.values()):
-            if now - stream.last_used_at >= idle_s and not stream.busy and await self.manager.spill(stream):
+            if stream.idle_s() >= idle_s and not stream.busy and await self.manager.spill(stream):
                 expired.append(stream.stream_id)
                 if ownership is not None:
                     self.manager.spilled.discard(stream.stream_id)
@@ -223,9 +226,9 @@ class Persistence:
 
 def expire_unpersisted(manager: StreamManager, idle_s: float) -> list[str]:
     """Without a store, idle streams are dropped."""
-    now, expired = time.time(), []
+    expired = []
     for stream in list(manager.streams.values()):
-        if now - stream.last_used_at >= idle_s and not stream.busy:
+        if stream.idle_s() >= idle_s and not stream.busy:
             manager.streams.pop(stream.stream_id, None)
             expired.append(stream.stream_id)
     return expired

@@ -55,9 +55,7 @@ class Residency(Claims):
         """:meth:`make_room`, ``transfers`` held."""
         if not self.budget.enabled:
             return
-        idle = sorted(
-            (s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.last_used_at
-        )
+        idle = sorted((s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.used_at)
         for stream in idle:
             if self.fits(extra_bytes):
                 break

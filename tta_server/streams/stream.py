@@ -85,6 +85,9 @@ class Stream:
     online: OnlineStream
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
+    # idleness on the monotonic clock: a wall-clock step (NTP, a resumed VM) must not make every
+    # stream look idle at once, which without a store would drop them
+    used_at: float = field(default_factory=time.monotonic)
     # asyncio.Lock wakes waiters in FIFO order, which keeps a stream's requests in arrival order.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     version: int = 0  # bumped by every change of state (steps, buffering, reset, restore)
@@ -100,6 +103,12 @@ class Stream:
     def snapshot_state(self) -> dict[str, Any]:
         """What the snapshot store keeps: the online adapter's state and the feedback totals."""
         return {**self.online.state_dict(), "feedback": self.feedback.as_dict()}
+
+    def touch(self) -> None:
+        self.last_used_at, self.used_at = time.time(), time.monotonic()
+
+    def idle_s(self) -> float:
+        return time.monotonic() - self.used_at
 
     @property
     def busy(self) -> bool:
