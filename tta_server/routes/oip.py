@@ -7,8 +7,8 @@ INT64 (N,), as JSON or binary when asked. The sequence parameters map onto strea
 sequence batcher does with correlation ids: ``sequence_id`` names the stream (``seq-<id>``),
 ``sequence_start`` starts it afresh and ``sequence_end`` releases it (deleting its state) after
 the request (a stream whose snapshot cannot be deleted is kept, and the response's parameters say
-``sequence_released: false``); both need an admin token when admin tokens are set. Without a ``sequence_id`` the
-request runs on the shared default stream. Errors are ``{"error": "<message>"}``.
+``sequence_released: false``); both need an admin token when admin tokens are set. Without a
+``sequence_id`` the request runs on the shared default stream. Errors are ``{"error": "<message>"}``.
 """
 
 from __future__ import annotations
