@@ -4,6 +4,7 @@ bounded shutdown; readiness while writes keep failing; snapshots of another mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import shutil
@@ -541,5 +542,37 @@ def test_a_wall_clock_step_neither_expires_streams_nor_flips_readiness(
         finally:
             manager.close()
             persistence.manager.close()
+
+    asyncio.run(main())
+
+
+def test_a_delete_cancelled_midway_leaves_the_stream_and_its_snapshot_together(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """A shutdown (or a disconnect) cancelling a delete must not keep the stream in memory with its
+    snapshot already gone: it would be lost at the next restart though nobody deleted it."""
+
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        store = persistence.store
+        delete = store.delete
+
+        def slow_delete(stream_id: str) -> bool:
+            time.sleep(0.3)  # a slow disk
+            return delete(stream_id)
+
+        try:
+            await manager.step("cam", image_batch(4))
+            await persistence.snapshot("cam")
+            store.delete = slow_delete  # type: ignore[method-assign]
+            deleting = asyncio.create_task(manager.delete("cam"))
+            await asyncio.sleep(0.05)  # the delete is under way
+            deleting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deleting
+            await asyncio.sleep(0.5)  # whatever the delete started has finished
+            assert ("cam" in manager.streams) == store.exists("cam")
+        finally:
+            manager.close()
 
     asyncio.run(main())

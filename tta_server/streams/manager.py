@@ -262,7 +262,7 @@ class StreamManager(Residency):
             if stream is not None:
                 async with stream.lock:
                     if self.streams.get(stream_id) is stream:
-                        await self._delete_snapshot(stream_id)
+                        self._delete_snapshot(stream_id)
                         stream.deleted = True
                         self.streams.pop(stream_id)
                         break
@@ -272,18 +272,20 @@ class StreamManager(Residency):
                     continue
                 if stream_id not in self.spilled:
                     raise UnknownStreamError(stream_id)
-                await self._delete_snapshot(stream_id)
+                self._delete_snapshot(stream_id)
                 self.spilled.discard(stream_id)
                 break
         self.failures.forget(stream_id, "snapshot", "spill")
         if self.ownership is not None:
             self.ownership.forget(stream_id)
 
-    async def _delete_snapshot(self, stream_id: str) -> None:
+    def _delete_snapshot(self, stream_id: str) -> None:
+        """An unlink, on the loop: with no await between it and forgetting the stream, a cancelled
+        delete cannot leave the stream in memory with its snapshot gone."""
         if self.store is None:
             return
         try:
-            await asyncio.to_thread(self.store.delete, stream_id)
+            self.store.delete(stream_id)
         except OSError as exc:
             self.counters["delete_failures"] += 1
             self.failures.failed(stream_id, "snapshot delete", exc, " (the stream is kept)")
