@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -113,11 +114,13 @@ class SourceModel:
         return sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
 
 
-def state_sha256(state: dict[str, Tensor]) -> str:
-    """A content hash of a state dict (names, dtypes, shapes and values)."""
+def state_sha256(state: Mapping[str, Tensor]) -> str:
+    """A content hash of a state dict (names, dtypes, shapes and values); each tensor is read once,
+    so a lazy mapping (a file's tensors, say) holds one tensor in memory at a time."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{key}:{tensor.dtype}:{tuple(state[key].shape)}".encode())
+        value = state[key]
+        tensor = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(value.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()

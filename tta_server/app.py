@@ -123,7 +123,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         restored = 0
         persistence = services.persistence
         if persistence is not None:
-            restored = len(persistence.restore_all())
+            found = persistence.restore_all()
+            restored = len(found)
+            if settings.verify_restored_snapshots and found:
+                tasks.append(asyncio.create_task(persistence.verify_restored(found)))
             if settings.snapshot_interval_s > 0:
                 tasks.append(
                     asyncio.create_task(

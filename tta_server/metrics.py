@@ -53,6 +53,10 @@ MANAGER_COUNTERS = {
     "refused_stream_limit": ("tta_refused_streams_stream_limit", "streams refused (503) by max_streams"),
     "snapshot_failures": ("tta_snapshot_failures", "snapshot writes that failed (retried on the next pass)"),
     "spill_failures": ("tta_spill_failures", "spills that failed (the stream stayed in memory)"),
+    "snapshots_verified": (
+        "tta_snapshots_verified",
+        "restored snapshots found sound by the background check after start",
+    ),
     "delete_failures": ("tta_snapshot_delete_failures", "snapshot deletions that failed (the stream was kept)"),
 }
 

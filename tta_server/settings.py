@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(
         60.0, ge=0, description="with snapshot_dir: snapshot streams that changed every this many seconds (0: off)"
     )
+    verify_restored_snapshots: bool = Field(
+        True,
+        description="with snapshot_dir: after start, verify every restored snapshot in full in the background, "
+        "one file at a time, so a file damaged inside is quarantined and counted before a request wakes it",
+    )
     replica_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",

@@ -576,3 +576,77 @@ def test_a_delete_cancelled_midway_leaves_the_stream_and_its_snapshot_together(
             manager.close()
 
     asyncio.run(main())
+
+
+def _flip_a_tensor_byte(path: Path) -> None:
+    damaged = bytearray(path.read_bytes())
+    damaged[-10] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+
+
+def test_the_check_after_start_quarantines_a_damaged_snapshot_before_a_request_wakes_it(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            for name in ("sound", "damaged", "deleted"):
+                await manager.step(name, image_batch(4))
+            await persistence.snapshot_changed()
+        finally:
+            manager.close()
+        _flip_a_tensor_byte(persistence.store.path("damaged"))
+        manager, persistence = manager_with_store(tiny_source, tmp_path)  # a restart
+        try:
+            found = sorted(persistence.restore_all())
+            assert found == ["damaged", "deleted", "sound"] and manager.spilled == set(found)  # headers only
+            await manager.delete("deleted")
+            await persistence.verify_restored(found)
+            assert manager.spilled == {"sound"} and not persistence.store.exists("damaged")
+            progress = persistence.report()["verification"]
+            assert progress == {**progress, "total": 3, "verified": 1, "quarantined": 1, "skipped": 1, "finished": True}
+            assert "checksum mismatch" in persistence.store.report()["quarantined_files"][0]["reason"]
+            assert manager.counters["snapshots_verified"] == 1
+            with pytest.raises(UnknownStreamError):
+                await manager.get("damaged")
+            assert (await manager.get("sound")).online.steps == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_the_check_after_start_leaves_a_file_rewritten_while_it_was_checked(
+    tmp_path: Path, tiny_source: SourceModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream was woken, stepped and spilled again meanwhile: its new file is sound, not the old one's verdict."""
+
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            await manager.step("cam", image_batch(4))
+            await persistence.snapshot_changed()
+            sound = persistence.store.read("cam")
+        finally:
+            manager.close()
+        _flip_a_tensor_byte(persistence.store.path("cam"))
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            assert persistence.restore_all() == ["cam"]
+            check = persistence.store.check
+
+            def check_then_rewrite(stream_id: str) -> str | None:
+                problem = check(stream_id)
+                time.sleep(0.01)  # a later modification time, whatever the file system's resolution
+                persistence.store.write(stream_id, sound)  # a spill after a wake, while this ran
+                return problem
+
+            monkeypatch.setattr(persistence.store, "check", check_then_rewrite)
+            await persistence.verify_restored(["cam"])
+            assert manager.spilled == {"cam"} and persistence.store.exists("cam")
+            assert persistence.verification.skipped == 1 and persistence.store.report()["quarantined"] == 0
+            assert (await manager.get("cam")).online.steps == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())

@@ -10,7 +10,7 @@ from tests.helpers import png
 from tests.server_harness import running_server
 from tta_server import Settings
 from tta_server.streams import SnapshotStore
-from tta_server.streams.store import file_name
+from tta_server.streams.snapshot_file import file_name
 
 
 def predict(client: httpx.Client, stream: str, seed: int) -> list[dict[str, float]]:
@@ -60,6 +60,50 @@ def test_a_broken_snapshot_is_quarantined_at_start(tmp_path: Path) -> None:
         assert report["quarantined"] == 1 and "unreadable" in report["quarantined_files"][0]["reason"]
         assert client.post("/v1/streams/broken/restore").json()["error"]["code"] == "snapshot_missing"
     assert not (tmp_path / file_name("broken")).exists() and len(list((tmp_path / "quarantine").iterdir())) == 2
+
+
+def _damage_inside(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # a tensor's bytes: the header stays sound
+    path.write_bytes(bytes(data))
+
+
+def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_wakes_it(tmp_path: Path) -> None:
+    import time
+
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for stream in ("sound", "rotten"):
+            client.post("/v1/streams", json={"stream_id": stream, "adapter": "tent"})
+            predict(client, stream, 1)
+    _damage_inside(tmp_path / file_name("rotten"))
+    unchecked = settings(tmp_path).model_copy(update={"verify_restored_snapshots": False})
+    with running_server(unchecked) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/v1/persistence").json()["quarantined"] == 0  # headers only: it looks sound
+        woken = client.get("/v1/streams/rotten")
+        assert woken.status_code == 409 and woken.json()["error"]["code"] == "snapshot_damaged"
+    (tmp_path / "quarantine").rename(tmp_path / "first-quarantine")
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        for stream in ("sound", "rotten"):
+            predict(client, stream, 2)  # rotten was lost above: a new stream
+    _damage_inside(tmp_path / file_name("rotten"))
+    with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        deadline = time.monotonic() + 30
+        while not (report := client.get("/v1/persistence").json())["verification"]["finished"]:
+            assert time.monotonic() < deadline, report
+            time.sleep(0.05)
+        assert report["verification"] | {"seconds": 0} == {
+            "total": 2,
+            "verified": 1,
+            "quarantined": 1,
+            "skipped": 0,
+            "finished": True,
+            "seconds": 0,
+        }
+        assert report["quarantined"] == 1 and "checksum mismatch" in report["quarantined_files"][0]["reason"]
+        assert client.get("/v1/streams/rotten").status_code == 404  # forgotten: no request had to find it
+        assert client.get("/v1/streams/sound").json()["steps"] == 2
+        metrics = client.get("/metrics").text
+        assert "tta_snapshots_verified_total 1.0" in metrics and "tta_quarantined_snapshots 1.0" in metrics
 
 
 def test_snapshots_need_a_directory() -> None:

@@ -14,7 +14,7 @@ from adapters.online import OnlineStream
 from tests.conftest import image_batch
 from tta_server.streams import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError, SnapshotStore
 from tta_server.streams.ids import stream_id_for_sequence, validate_stream_id
-from tta_server.streams.store import file_name
+from tta_server.streams.snapshot_file import file_name
 
 HOSTILE_IDS = [
     "../escape",
@@ -94,7 +94,7 @@ def _flip_a_byte(path: Path) -> None:
 
 
 def _nan_with_a_valid_checksum(path: Path) -> None:
-    from tta_server.streams.store import _checksum
+    from tta_server.streams.snapshot_file import checksum as _checksum
 
     tensors = load_file(str(path))
     key = next(k for k in tensors if k.startswith("affine"))
@@ -152,6 +152,28 @@ def test_a_header_scan_quarantines_bad_headers_now_and_damaged_contents_when_rea
     assert store.report()["quarantined"] == 1 and not store.exists("bad") and store.read("good")["steps"] == 1
 
 
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_a_check_finds_what_a_read_would_quarantine_and_moves_nothing(
+    tmp_path: Path, tiny_source: SourceModel, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tta_server.streams.store as store_module
+
+    damage, reason = DAMAGE[kind]
+    store = SnapshotStore(tmp_path)
+    store.write("good", state(tiny_source))
+    damage(store.write("bad", state(tiny_source, 3)))
+    with monkeypatch.context() as patched:  # tensor by tensor, never the whole file at once
+        patched.setattr(store_module, "load", lambda path: pytest.fail(f"{path} read in full"))
+        problem = store.check("bad")
+        assert store.check("good") is None
+    assert problem is not None and reason in problem
+    assert store.exists("bad") and store.report()["quarantined"] == 0
+    with pytest.raises(DamagedSnapshotError):
+        store.read("bad")
+    assert store.report()["quarantined_files"][0]["reason"] == problem  # the same verdict, in the same words
+    assert store.check("bad") is None  # gone: no verdict, the read judged it
+
+
 @pytest.mark.parametrize("headers_only", [True, False])
 def test_a_header_nested_too_deep_is_quarantined_not_a_crash(
     tmp_path: Path, tiny_source: SourceModel, headers_only: bool
@@ -162,7 +184,7 @@ def test_a_header_nested_too_deep_is_quarantined_not_a_crash(
     _rewrite(path, config="[" * 100_000)  # json's parser recurses; the checksum made valid again below
     from safetensors import safe_open
 
-    from tta_server.streams.store import _checksum
+    from tta_server.streams.snapshot_file import checksum as _checksum
 
     with safe_open(str(path), framework="pt") as handle:
         meta = dict(handle.metadata() or {})
@@ -179,7 +201,7 @@ def test_a_header_scan_reads_no_tensors(
     store = SnapshotStore(tmp_path)
     for name in ("a", "b"):
         store.write(name, state(tiny_source))
-    monkeypatch.setattr(store_module, "_load", lambda path: pytest.fail(f"{path} read in full"))
+    monkeypatch.setattr(store_module, "load", lambda path: pytest.fail(f"{path} read in full"))
     assert sorted(store.scan(headers_only=True)) == ["a", "b"]
 
 

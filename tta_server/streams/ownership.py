@@ -34,7 +34,7 @@ from pathlib import Path
 
 from adapters.atomic import atomic_write_text
 from tta_server.streams.errors import LostOwnershipError, StreamOwnedError
-from tta_server.streams.store import file_name
+from tta_server.streams.snapshot_file import file_name
 
 logger = logging.getLogger(__name__)
 LEASES = "leases"

@@ -22,6 +22,7 @@ from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.manager import StreamManager
 from tta_server.streams.store import SnapshotStore
 from tta_server.streams.stream import Stream
+from tta_server.streams.verification import VerificationProgress, verify_restored
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Persistence:
         self._failing_since_monotonic: float | None = None  # the same moment, on the monotonic clock
         self.last_error: str | None = None
         self.last_success_at: float | None = None
+        self.verification = VerificationProgress()  # the background check of restored snapshots
 
     def healthy(self) -> bool:
         since = self._failing_since_monotonic
@@ -88,7 +90,8 @@ class Persistence:
 
     def restore_all(self) -> list[str]:
         """At start-up: every snapshot with a sound header becomes a spilled stream, woken by its first
-        request, which verifies its tensors and checksum (a damaged file is quarantined then).
+        request or by :meth:`verify_restored`, whichever comes first, which verifies its tensors and
+        checksum (a damaged file is quarantined then).
         Snapshots of another model or of an unknown adapter or config are quarantined now. With
         ownership (replicas sharing the store), streams load on demand instead, once claimed."""
         if self.manager.ownership is not None:
@@ -107,6 +110,11 @@ class Persistence:
         found = [s for s in self.store.scan(reject, headers_only=True) if s not in self.manager.streams]
         self.manager.spilled.update(found)
         return found
+
+    async def verify_restored(self, stream_ids: list[str]) -> None:
+        """After :meth:`restore_all`, in the background: verify each restored snapshot in full
+        (:mod:`tta_server.streams.verification`)."""
+        await verify_restored(self.manager, self.store, stream_ids, self.verification)
 
     async def snapshot_changed(self) -> tuple[int, int]:
         """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
@@ -221,6 +229,7 @@ class Persistence:
             "last_success_at": self.last_success_at,
             "failures": {k: v for k, v in self.manager.counters.items() if k.endswith("_failures")},
             "ownership": self.manager.ownership.report() if self.manager.ownership else None,
+            "verification": self.verification.report(),
         }
 
 

@@ -8,12 +8,13 @@
 * Every file carries a SHA-256 of its tensors and metadata; a file that is unreadable, fails its
   checksum, holds non-finite tensors or names another stream is moved to ``quarantine/`` with a
   ``.reason.txt`` beside it, logged and counted (``report()``), and never loaded. Start-up checks
-  headers only (``scan(headers_only=True)``); a file is verified in full when it is read.
+  headers only (``scan(headers_only=True)``); a file is verified in full when it is read, and
+  :meth:`SnapshotStore.check` verifies one without reading it whole (the background check after
+  start, :mod:`.verification`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,23 +23,27 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-
 from adapters import AdapterError
 from adapters.atomic import atomic_path, atomic_write_text
 from adapters.online import BUFFER_PREFIX
-from adapters.source_model import state_sha256
 from adapters.state_io import decode_header, decode_state, encode_state
 from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
 from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
+from tta_server.streams.snapshot_file import (
+    FILE_FORMAT,
+    SUFFIX,
+    FileTensors,
+    check_content,
+    checksum,
+    file_name,
+    identity,
+    load,
+)
 
 logger = logging.getLogger(__name__)
 PENDING_KEY = BUFFER_PREFIX + "pending"  # the images a stream holds for its next step
-SUFFIX = ".safetensors"
 QUARANTINE = "quarantine"
-FILE_FORMAT = "tta-stream-snapshot/2"
 
 
 @dataclass(frozen=True)
@@ -46,15 +51,6 @@ class QuarantinedFile:
     file: str
     reason: str
     at: float
-
-
-def file_name(stream_id: str) -> str:
-    return hashlib.sha256(stream_id.encode()).hexdigest()[:32] + SUFFIX
-
-
-def _checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
-    described = json.dumps({k: v for k, v in metadata.items() if k != "checksum"}, sort_keys=True)
-    return hashlib.sha256(f"{state_sha256(tensors)}\n{described}".encode()).hexdigest()
 
 
 class SnapshotStore:
@@ -84,7 +80,7 @@ class SnapshotStore:
         metadata = {**metadata, "file_format": FILE_FORMAT, "stream_id": stream_id}
         if "feedback" in state:  # a stream's label-feedback totals
             metadata["feedback"] = json.dumps(state["feedback"], sort_keys=True)
-        metadata["checksum"] = _checksum(tensors, metadata)
+        metadata["checksum"] = checksum(tensors, metadata)
         with atomic_path(target) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return target
@@ -167,26 +163,43 @@ class SnapshotStore:
             try:
                 with safe_open(str(path), framework="pt") as handle:
                     metadata = dict(handle.metadata() or {})
-            except Exception as exc:  # as in _load
+            except Exception as exc:  # as in load()
                 raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from exc
-            stream_id = _identity(path, metadata, None)
+            stream_id = identity(path, metadata, None)
             header = decode_header(metadata)
         except (ValueError, AdapterError, InvalidStreamIdError) as exc:
             self.quarantine(path, str(exc))
             raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc
         return stream_id, header
 
+    def check(self, stream_id: str) -> str | None:
+        """What is wrong with the content of ``stream_id``'s snapshot (what :meth:`read` would
+        quarantine it for), or None; nothing is moved. The file is hashed tensor by tensor through its
+        memory map and no state is built. A file that cannot be opened is no verdict (None):
+        its read judges it."""
+        from safetensors import safe_open
+
+        path = self.path(stream_id)
+        try:
+            with path.open("rb"):
+                pass
+        except OSError:
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = dict(handle.metadata() or {})
+                check_content(path, FileTensors(handle), metadata, stream_id)
+            decode_header(metadata)
+        except (ValueError, AdapterError, InvalidStreamIdError) as exc:
+            return str(exc)
+        except Exception as exc:  # safetensors' own errors for truncated or foreign files, as in load()
+            return f"unreadable ({type(exc).__name__}: {exc})"
+        return None
+
     def _verified(self, path: Path, expected_id: str | None) -> tuple[str, dict[str, Any]]:
         try:
-            tensors, metadata = _load(path)
-            if metadata.get("file_format") != FILE_FORMAT:
-                raise ValueError(f"not a snapshot of this format (file_format {metadata.get('file_format')!r})")
-            if metadata.get("checksum") != _checksum(tensors, metadata):
-                raise ValueError("checksum mismatch: the file's bytes changed after it was written")
-            stream_id = _identity(path, metadata, expected_id)
-            bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-            if bad:
-                raise ValueError(f"non-finite values in {', '.join(sorted(bad)[:3])}")
+            tensors, metadata = load(path)
+            stream_id = check_content(path, tensors, metadata, expected_id)
             state = decode_state(tensors, metadata)
             if "feedback" in metadata:
                 state["feedback"] = FeedbackTotals.from_dict(json.loads(metadata["feedback"])).as_dict()
@@ -206,25 +219,3 @@ class SnapshotStore:
             logger.error("snapshot %s quarantined to %s: %s", path.name, target, reason)
         except OSError as exc:  # a read-only directory: the file stays, and is skipped again next time
             logger.error("snapshot %s is damaged (%s) and could not be quarantined: %s", path.name, reason, exc)
-
-
-def _identity(path: Path, metadata: dict[str, str], expected_id: str | None) -> str:
-    """The stream id a file of this format records, if it matches the file's name (and ``expected_id``)."""
-    if metadata.get("file_format") != FILE_FORMAT:
-        raise ValueError(f"not a snapshot of this format (file_format {metadata.get('file_format')!r})")
-    stream_id = validate_stream_id(metadata.get("stream_id"))
-    if path.name != file_name(stream_id) or (expected_id is not None and stream_id != expected_id):
-        raise ValueError(f"the file belongs to stream {stream_id!r}, not to its name {path.name}")
-    return stream_id
-
-
-def _load(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-        raise ValueError(f"unreadable ({type(exc).__name__}: {exc})") from exc
-    return tensors, metadata
