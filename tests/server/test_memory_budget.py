@@ -162,6 +162,37 @@ def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchange
         assert memory["working_memory"][0]["per_image_bytes"] > 0
 
 
+def test_dynamic_batching_never_groups_requests_into_a_step_the_budget_cannot_hold(tmp_path: Path) -> None:
+    """Each request fits the budget alone; grouped up to max_batch_size they would not, and every
+    request of the group would be refused."""
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
+    state = state_after_a_step(8)
+    budget = working.bytes_for(8) + 3 * state  # steps of up to 8 images fit, 32 do not
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        memory_budget_bytes=budget,
+        snapshot_dir=tmp_path,
+        max_delay_ms=500,
+        **SMALL_STEPS,
+    )
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def send(seed: int) -> httpx.Response:
+            return client.post("/v1/predict", files=files(images(4, seed)), headers={"X-Stream-Id": "cam"})
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(send, range(8)))
+        assert [r.status_code for r in responses] == [200] * 8, [r.text for r in responses if r.status_code != 200]
+        per_step = Counter(r.json()["step"] for r in responses)
+        assert max(per_step.values()) <= 2 and sum(per_step.values()) == 8  # 8 images a step at most
+        assert max(per_step.values()) == 2  # and requests were still grouped
+        assert client.get("/v1/memory").json()["in_flight_bytes"] == 0
+
+
 def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
     source = create_source_model()
     working = measure_working_memory("tent", source, sizes=SIZES).bytes_for(8)

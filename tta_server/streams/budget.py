@@ -59,6 +59,18 @@ class MemoryBudget:
         entry = self.estimates.get(working_key(adapter))
         return entry[2].bytes_for(images) if entry else 0
 
+    def most_images(self, need: Callable[[int], int], limit: int) -> int:
+        """The largest step of at most ``limit`` images whose ``need(images)`` bytes fit the whole
+        budget; at least 1 (a request too large on its own is refused by itself). ``need`` grows with
+        the images."""
+        if self.budget_bytes is None:
+            return limit
+        low, high = 1, limit
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if need(middle) <= self.budget_bytes else (low, middle - 1)
+        return low
+
     async def estimate(self, adapter: Adapter, source: SourceModel, run: Callable[..., Any]) -> WorkingMemory:
         """The adapter's estimate, measured on first use per adapter and config with the torch
         profiler on a throw-away adapter. The profiler sees the whole process, so it runs while no

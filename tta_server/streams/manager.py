@@ -1,7 +1,7 @@
 """The stream manager: the one public API routes use to create, step, reset and delete streams.
 
-Each stream's work runs on a thread pool, one piece at a time per stream, in arrival order. With a
-memory budget, idle streams are spilled (least recently used first) to the snapshot store and
+Each stream's work runs on a thread pool, one piece at a time per stream, in arrival order
+(:mod:`.stepping`). With a memory budget, idle streams are spilled (least recently used first) to the snapshot store and
 woken, exactly as they were, by their next request (:mod:`.residency`). Persistence (periodic snapshots, shutdown,
 idle expiry, start-up restore, snapshot and restore on request) lives in
 :mod:`tta_server.streams.persistence`.
@@ -10,22 +10,15 @@ idle expiry, start-up restore, snapshot and restore on request) lives in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
-
-from torch import Tensor
+from typing import Any
 
 from adapters import AdapterError, SourceModel, create_adapter, get_frozen_forward
-from adapters.online import DivergenceError
-from tta_server.streams.batching import enqueue
 from tta_server.streams.budget import MemoryBudget
 from tta_server.streams.errors import (
-    MemoryBudgetError,
     SnapshotDeleteError,
     SnapshotError,
     StreamExistsError,
@@ -36,15 +29,14 @@ from tta_server.streams.failure_log import FailureLog
 from tta_server.streams.feedback import FeedbackTotals
 from tta_server.streams.ids import validate_stream_id
 from tta_server.streams.ownership import Ownership
-from tta_server.streams.residency import Residency
+from tta_server.streams.stepping import Stepping
 from tta_server.streams.store import SnapshotStore
-from tta_server.streams.stream import StepResult, Stream, StreamOptions
+from tta_server.streams.stream import Stream, StreamOptions
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class StreamManager(Residency):
+class StreamManager(Stepping):
     """Creates streams (explicitly, or on first use with the default adapter) and runs their steps."""
 
     def __init__(
@@ -66,11 +58,8 @@ class StreamManager(Residency):
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
         self.failures = FailureLog(logging.getLogger("tta_server.streams.persistence"))  # writes that keep failing
-        # called after every step with (adapter, images, seconds, signals): metrics
-        # (adapter, images, step seconds, signals, phase seconds: queue and OnlineStream's PHASES)
-        self.step_observers: list[Callable[[str, int, float, dict[str, float], dict[str, float]], None]] = []
-        # called with (adapter, reason, action) for every guard action
-        self.guard_observers: list[Callable[[str, str, str], None]] = []
+        self.step_observers = []  # see Stepping
+        self.guard_observers = []
         self.transfer_observers: list[Callable[[str, float], None]] = []  # (spill | wake, seconds)
         self.transfers = asyncio.Lock()  # see tta_server.streams.residency
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
@@ -163,83 +152,6 @@ class StreamManager(Residency):
             return await self._create(stream_id, state["adapter"], state["config"], state.get("guard"), state)
         except (AdapterError, ValueError, KeyError) as exc:  # an adapter, config or shape this server lacks
             raise SnapshotError(f"snapshot of stream {stream_id!r} does not fit this server: {exc}") from exc
-
-    # -- work on a stream -------------------------------------------------------------------------
-    async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:
-        """Run ``fn`` on the pool after the stream's earlier work; ``images`` > 0 marks an adaptation
-        step of that many images, whose working memory (plus the undo copy) is reserved first."""
-        async with stream.lock:
-            if stream.deleted:
-                raise UnknownStreamError(stream.stream_id)
-            stream.touch()
-            need = 0
-            if images and self.budget.enabled:
-                estimate = await self.budget.estimate(stream.online.adapter, self.source, self.in_executor)
-                need = estimate.bytes_for(stream.online.step_images(images)) + stream.online.state_bytes()
-            try:
-                await self.budget.reserve(need, self.state_total, lambda extra: self.make_room(stream.stream_id, extra))
-            except MemoryBudgetError:
-                self.counters["refused_memory_budget"] += 1
-                raise
-            try:
-                return await self.in_executor(fn, stream)
-            finally:
-                await self.budget.release(need)
-
-    async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def step(self, stream_id: str, batch: Tensor) -> StepResult:
-        """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
-
-        With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`)."""
-        await self.claim_waiting(stream_id, creating=self.options.auto_create)
-        stream = await self.get_or_create(stream_id)
-        delay_s = self.options.max_delay_ms / 1000
-        if delay_s <= 0:
-            return await self._step(stream, batch)
-        stream.online.adapter.validate(batch)  # a bad request fails alone, not the group it would join
-        return await enqueue(stream, batch, delay_s, self.options.max_batch_size, self._step)
-
-    async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
-        queued = time.perf_counter()  # behind the stream's earlier work, the budget and the pool
-
-        def work(s: Stream) -> StepResult:
-            started = time.perf_counter()
-            try:
-                logits = s.online.step(batch)
-            finally:
-                s.version += 1  # a diverged step is undone, but a snapshot pass may rewrite it harmlessly
-                decision = s.online.last_decision
-                if decision is not None:
-                    logger.warning("stream %s: guard %s", s.stream_id, decision.report())
-                    for notify in self.guard_observers:
-                        notify(s.online.name, decision.reason, decision.action)
-            seconds, signals = time.perf_counter() - started, s.online.signals.report()["last_step"]
-            phases = {"queue": started - queued, **s.online.last_phases}
-            for observe in self.step_observers:
-                observe(s.online.name, batch.shape[0], seconds, signals, phases)
-            decision = s.online.last_decision
-            return StepResult(
-                logits,
-                s.online.steps,
-                s.online.name,
-                s.online.last_source_classes,
-                decision.report() if decision else None,
-            )
-
-        try:
-            result = await self.run(stream, work, images=batch.shape[0])
-        except DivergenceError:
-            self.counters["diverged_steps"] += 1
-            logger.warning("stream %s: diverged step undone", stream.stream_id)
-            raise
-        # the state may have grown (optimizer moments): make room now for the next step of this size
-        online = stream.online
-        headroom = self.budget.bytes_for(online.adapter, online.step_images(batch.shape[0])) + online.state_bytes()
-        with contextlib.suppress(MemoryBudgetError):  # the answer is computed; the next step waits or is refused
-            await self.make_room(keep=stream.stream_id, extra_bytes=self.budget.in_flight_bytes + headroom)
-        return result
 
     async def reset(self, stream_id: str) -> Stream:
         """Back to the source, after the stream's in-flight requests (same FIFO lock)."""
