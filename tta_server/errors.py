@@ -26,6 +26,7 @@ from tta_server.streams import (
     SnapshotDeleteError,
     SnapshotError,
     SnapshotsDisabledError,
+    StepTooLargeError,
     StreamExistsError,
     StreamLimitError,
     StreamOwnedError,
@@ -56,6 +57,7 @@ def _mapping(exc: Exception) -> tuple[int, str, str, dict[str, str] | None]:
         (DamagedSnapshotError, 409, "snapshot_damaged"),
         (SnapshotError, 409, "snapshot_error"),
         (DivergenceError, 422, "step_diverged"),
+        (StepTooLargeError, 413, "step_exceeds_memory_budget"),
         (InputError, 422, "invalid_input"),
         (AdapterError, 400, "adapter_error"),
     ]
@@ -82,7 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
         status, code, message, headers = _mapping(exc)
         return JSONResponse(error_body(request.url.path, code, message), status_code=status, headers=headers)
 
-    kinds: tuple[type[Exception], ...] = (ApiError, StreamLimitError, InvalidStreamIdError, UnknownStreamError)
+    kinds: tuple[type[Exception], ...] = (
+        ApiError,
+        StreamLimitError,
+        StepTooLargeError,
+        InvalidStreamIdError,
+        UnknownStreamError,
+    )
     for kind in (*kinds, StreamExistsError, SnapshotError, AdapterError, FeedbackError, Exception):
         app.add_exception_handler(kind, handle)
 

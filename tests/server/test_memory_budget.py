@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -150,9 +151,12 @@ def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchange
     )
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         refused = client.post("/v1/predict", files=files(images(32, 1)), headers={"X-Stream-Id": "big"})
-        assert refused.status_code == 503 and refused.headers["retry-after"]
+        # it can never fit: no Retry-After, and the most images that do fit
+        assert refused.status_code == 413 and "retry-after" not in refused.headers
         error = refused.json()["error"]
-        assert error["code"] == "memory_budget" and "working memory" in error["message"]
+        assert error["code"] == "step_exceeds_memory_budget" and "working memory" in error["message"]
+        most = int(error["message"].split("send at most ")[1].split()[0])
+        assert 8 <= most < 32
         assert client.get("/v1/streams/big").json()["steps"] == 0
         accepted = client.post("/v1/predict", files=files(images(8, 1)), headers={"X-Stream-Id": "big"})
         assert accepted.status_code == 200 and accepted.json()["step"] == 1
@@ -191,6 +195,37 @@ def test_dynamic_batching_never_groups_requests_into_a_step_the_budget_cannot_ho
         assert max(per_step.values()) <= 2 and sum(per_step.values()) == 8  # 8 images a step at most
         assert max(per_step.values()) == 2  # and requests were still grouped
         assert client.get("/v1/memory").json()["in_flight_bytes"] == 0
+
+
+def test_a_step_that_can_never_fit_is_refused_at_once_while_other_steps_run(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """Waiting memory_wait_s for running steps to finish cannot help a step larger than the budget."""
+    from tta_server.streams import StepTooLargeError
+
+    async def main() -> None:
+        options = StreamOptions(min_adapt_batch=4, memory_budget_bytes=1, memory_wait_s=5, largest_step=32)
+        manager = StreamManager(tiny_source, options, SnapshotStore(tmp_path))
+        try:
+            adapter = create_adapter("tent", tiny_source)
+            estimate = await manager.budget.estimate(adapter, tiny_source, manager.in_executor)
+            fits, never = estimate.bytes_for(8), estimate.bytes_for(32)
+            manager.budget.budget_bytes = never - 1  # a step of 32 images never fits, whatever runs
+            await manager.step("small", torch.rand(8, *tiny_source.input_shape))
+            # a step of another stream holds working memory now
+            await manager.budget.reserve(fits, manager.state_total, lambda extra: manager.make_room(None, extra))
+            started = time.monotonic()
+            with pytest.raises(StepTooLargeError, match="send at most"):
+                await manager.step("big", torch.rand(32, *tiny_source.input_shape))
+            assert time.monotonic() - started < 2  # not memory_wait_s
+            assert manager.counters["refused_memory_budget"] == 1 and manager.streams["big"].online.steps == 0
+            assert estimate.bytes_for(30) + fits > never  # fits alone, not beside the running step: it waits
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(manager.step("big", torch.rand(30, *tiny_source.input_shape)), 0.5)
+        finally:
+            manager.close()
+
+    asyncio.run(main())
 
 
 def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ COMMON = {
     404: "unknown stream",
     408: "the body stalled",
     409: "conflict (stream exists, snapshot damaged or for another config)",
-    413: "body or image count over the limits",
+    413: "body or image count over the limits, or a step larger than the whole memory budget",
     415: "unsupported content type",
     422: "invalid request, image or config, or a diverged step (undone)",
     503: "retry later (Retry-After): stream limit, memory budget, stream on another replica, undeletable snapshot",

@@ -11,6 +11,11 @@ class MemoryBudgetError(StreamLimitError):
     """A step's working memory or a stream's state does not fit the memory budget (503)."""
 
 
+class StepTooLargeError(RuntimeError):
+    """A step's working memory and the stream's state exceed the whole memory budget: no wait or
+    retry can help (413)."""
+
+
 class StreamOwnedError(StreamLimitError):
     """Another live replica owns the stream and did not hand it over in time (503, retry)."""
 

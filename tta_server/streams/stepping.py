@@ -20,7 +20,7 @@ from torch import Tensor
 from adapters import SourceModel
 from adapters.online import DivergenceError
 from tta_server.streams.batching import enqueue
-from tta_server.streams.errors import MemoryBudgetError, UnknownStreamError
+from tta_server.streams.errors import MemoryBudgetError, StepTooLargeError, UnknownStreamError
 from tta_server.streams.residency import Residency
 from tta_server.streams.stream import StepResult, Stream
 
@@ -46,7 +46,11 @@ class Stepping(Residency):
             if stream.deleted:
                 raise UnknownStreamError(stream.stream_id)
             stream.touch()
-            need = (await self._step_need(stream))(images) if images and self.budget.enabled else 0
+            need = 0
+            if images and self.budget.enabled:
+                step_need = await self._step_need(stream)
+                need = step_need(images)
+                self._refuse_if_never_fits(stream, images, step_need)
             try:
                 await self.budget.reserve(need, self.state_total, lambda extra: self.make_room(stream.stream_id, extra))
             except MemoryBudgetError:
@@ -57,13 +61,30 @@ class Stepping(Residency):
             finally:
                 await self.budget.release(need)
 
+    def _refuse_if_never_fits(self, stream: Stream, images: int, step_need: Callable[[int], int]) -> None:
+        """:class:`StepTooLargeError` now, not after ``memory_wait_s``, for a step that no spill
+        and no finished step could ever make room for (beside the stream's own state)."""
+        budget, state = self.budget.budget_bytes, stream.online.state_bytes()
+        assert budget is not None
+        if step_need(images) + state <= budget:
+            return
+        self.counters["refused_memory_budget"] += 1
+        most = self.budget.most_images(lambda n: step_need(n) + state, images)
+        hint = (
+            f"send at most {most} images per request to this stream"
+            if step_need(most) + state <= budget
+            else "no step of this stream fits: raise memory_budget_bytes"
+        )
+        raise StepTooLargeError(
+            f"a step of {images} images on stream {stream.stream_id!r} needs {step_need(images)} B (working memory "
+            f"and the undo copy) beside the stream's state of {state} B, more than memory_budget_bytes={budget}; {hint}"
+        )
+
     async def _step_need(self, stream: Stream) -> Callable[[int], int]:
         """What a step of n images on the stream reserves: its working memory (measured on first use
         per adapter and config) and the undo copy of the state."""
-        estimate, online = (
-            await self.budget.estimate(stream.online.adapter, self.source, self.in_executor),
-            stream.online,
-        )
+        online = stream.online
+        estimate = await self.budget.estimate(online.adapter, self.source, self.in_executor)
         return lambda images: estimate.bytes_for(online.step_images(images)) + online.state_bytes()
 
     async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
