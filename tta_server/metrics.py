@@ -44,6 +44,7 @@ DISTANCE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2)
 DEPENDENCE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 1.5, 2)
 BN_SHIFT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20)
 IMAGE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})  # others: "other"
 # counters the stream manager keeps, exported under these names
 MANAGER_COUNTERS = {
     "diverged_steps": ("tta_diverged_steps", "adaptation steps undone because they produced non-finite values"),
@@ -167,6 +168,7 @@ class ServerMetrics:
         self.guard_actions.labels(adapter, reason, action).inc()
 
     def observe_request(self, route: str, method: str, code: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else "other"  # any token is a method to HTTP: bound it
         self.http_requests.labels(route, method, str(code)).inc()
         self.http_duration.labels(route, method).observe(seconds)
 

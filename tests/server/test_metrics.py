@@ -63,6 +63,19 @@ def test_metrics_follow_the_traffic_without_stream_ids(url: str) -> None:
     assert all(name.startswith("tta_") for name, _ in got) and not [n for n, _ in got if n.endswith("_created")]
 
 
+def test_invented_http_methods_cannot_grow_the_label_sets(url: str) -> None:
+    """Any token is a method to HTTP: each new one would be a new series, without bound."""
+    for i in range(20):
+        assert httpx.request(f"INVENTED{i}", f"{url}/v1/streams", headers=TOKEN).status_code == 405
+        httpx.request(f"X{i}", f"{url}/no/such/route", headers=TOKEN)
+    got = samples(httpx.get(f"{url}/metrics", headers=TOKEN).text)
+    methods = {dict(labels)["method"] for name, labels in got if name == "tta_http_requests_total"}
+    assert "other" in methods and methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}
+    invented = (("code", "405"), ("method", "other"), ("route", "/v1/streams"))
+    assert got[("tta_http_requests_total", invented)] == 20
+    assert got[("tta_http_request_duration_seconds_count", (("method", "other"), ("route", "unmatched")))] == 20
+
+
 def test_metrics_need_a_token_unless_opened(url: str) -> None:
     assert httpx.get(f"{url}/metrics").status_code == 401
     open_settings = Settings(default_adapter="norm", api_tokens=["t0ken"], metrics_open=True)
