@@ -25,7 +25,7 @@ from tta_server.streams.residency import Residency
 from tta_server.streams.stream import StepResult, Stream
 
 T = TypeVar("T")
-logger = logging.getLogger("tta_server.streams.manager")
+logger = logging.getLogger("tta_server.streams.manager")  # the name operators filter the step lines by
 
 
 class Stepping(Residency):
