@@ -36,10 +36,10 @@ from adapters.errors import AdapterError
 from adapters.guard import Decision, Guard
 from adapters.guard_config import GuardConfig
 from adapters.model_signals import atc_threshold_of, model_signals
+from adapters.online_state import StreamState
 from adapters.precision import Resolved, compute_precision
 from adapters.signal_windows import SignalWindows
 
-BUFFER_PREFIX = "buffer."
 # a step's phases: the adapter's forward and update (with the undo copy of its state), the source
 # forward behind the signals (when it runs), and the signals, windows and guard (on a GPU, a phase's
 # kernels may finish in the next)
@@ -50,7 +50,7 @@ class DivergenceError(AdapterError):
     """A step produced non-finite values; the stream was put back to its state before the step."""
 
 
-class OnlineStream:
+class OnlineStream(StreamState):
     """``frozen`` (the shared frozen forward) answers small requests before there is context and,
     with ``source_signals``, gives the source prediction each step's signals compare against
     (one forward of the source model per step, in ``signal_precision``: on this CPU in fp32 about
@@ -93,6 +93,7 @@ class OnlineStream:
             raise ValueError("the guard's fallback policy needs the frozen forward that answers instead")
         self.last_decision: Decision | None = None  # what the guard did in the last step, if anything
         self.last_phases: dict[str, float] = {}  # seconds of the last step's phases (PHASES)
+        self.remeasure_state()
 
     @property
     def name(self) -> str:
@@ -114,6 +115,12 @@ class OnlineStream:
 
     def step(self, batch: Tensor) -> Tensor:
         """Logits (on the CPU) for ``batch``, adapting now or once enough images are buffered."""
+        try:
+            return self._step_and_watch(batch)
+        finally:
+            self.remeasure_state()
+
+    def _step_and_watch(self, batch: Tensor) -> Tensor:
         started = time.perf_counter()
         self.adapter.validate(batch)  # before any buffering, so a bad batch leaves the stream untouched
         batch = batch.to(self.device)
@@ -242,58 +249,4 @@ class OnlineStream:
         self.signals.reset()
         self.guard.paused_steps_left, self.guard.windows_since_action, self.guard.good = 0, 0, None
         self.guard.falling_back, self.guard.quiet_windows = False, 0
-
-    def state_bytes(self) -> int:
-        """The adapter's per-stream tensors, the buffered images and the guard's last good state."""
-        buffers = sum(t.numel() * t.element_size() for t in (self.recent, self.pending))
-        return self.adapter.state_bytes() + buffers + self.guard.good_bytes()
-
-    def _core_state(self) -> dict[str, Any]:
-        """Everything but the guard's state: the adapter's, under ``buffer.*`` and ``signals.*``."""
-        state = self.adapter.state_dict()
-        state["tensors"][f"{BUFFER_PREFIX}recent"] = self.recent.clone()
-        state["tensors"][f"{BUFFER_PREFIX}pending"] = self.pending.clone()
-        state["tensors"].update({k: v.clone() for k, v in self.signals.state_tensors().items()})
-        return state
-
-    def state_dict(self) -> dict[str, Any]:
-        """The adapter's state with the buffer's (``buffer.*``), signal windows' (``signals.*``) and
-        guard's (``guard.*``) tensors, and the guard's config."""
-        state = self._core_state()
-        state["tensors"].update({k: v.clone() for k, v in self.guard.state_tensors().items()})
-        state["guard"] = self.guard.config.model_dump(mode="json")
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Everything is checked before anything changes: a state that does not fit leaves the
-        stream as it was."""
-        expected = self.guard.config.model_dump(mode="json")
-        if state.get("guard", expected) != expected:
-            raise AdapterError("state was saved with another guard config; create the stream with it first")
-        tensors = dict(state["tensors"])
-        guard = Guard(self.guard.config)
-        try:
-            guard.load_state_tensors(tensors)  # pops the guard.* tensors
-        except ValueError as exc:
-            raise AdapterError(str(exc)) from exc
-        self._load_core_state({**state, "tensors": tensors})
-        self.guard = guard
-
-    def _load_core_state(self, state: dict[str, Any]) -> None:
-        tensors = dict(state["tensors"])
-        signals = SignalWindows(self.signals.window_steps, self.signals.history)
-        try:
-            signals.load_state_tensors(tensors)  # pops the signals.* tensors
-        except ValueError as exc:
-            raise AdapterError(str(exc)) from exc
-        shape = tuple(self.adapter.source.input_shape)
-        buffers = {}
-        for key in ("recent", "pending"):
-            value = tensors.pop(f"{BUFFER_PREFIX}{key}", None)
-            if value is None:
-                value = torch.empty((0, *shape))
-            if value.dim() != 4 or tuple(value.shape[1:]) != shape:
-                raise AdapterError(f"buffer {key!r} has shape {tuple(value.shape)}, expected (N, {shape})")
-            buffers[key] = value.to(self.device, torch.float32)
-        self.adapter.load_state_dict({**state, "tensors": tensors})
-        self.recent, self.pending, self.signals = buffers["recent"], buffers["pending"], signals
+        self.remeasure_state()

@@ -110,3 +110,37 @@ def test_a_step_reports_how_long_each_of_its_phases_took(bundled_source: SourceM
     quiet = OnlineStream(create_adapter("tent", bundled_source), 1, get_frozen_forward(bundled_source), False)
     quiet.step(image_batch(16, seed=5))
     assert set(quiet.last_phases) == {"adapt", "signals"}  # no source signals: no source forward
+
+
+def test_the_state_size_is_read_without_walking_a_state_a_step_is_changing(tiny_source: SourceModel) -> None:
+    """The server reads state_bytes on its event loop while a step runs on a worker thread; walking
+    the optimizer's state then raced Adam adding its moments (dictionary changed size)."""
+    import threading
+
+    stream = OnlineStream(create_adapter("tent", tiny_source), 4, get_frozen_forward(tiny_source))
+    before = stream.state_bytes()
+    optimizer = stream.adapter.optimizer  # type: ignore[attr-defined]
+    original_step = optimizer.step
+    mid_step, resume = threading.Event(), threading.Event()
+
+    def pausing_step(*args: object, **kwargs: object) -> object:
+        result = original_step(*args, **kwargs)  # the moments now exist
+        mid_step.set()
+        resume.wait(10)
+        return result
+
+    optimizer.step = pausing_step
+    walked_from = []
+    adapter_state_bytes = stream.adapter.state_bytes
+    stream.adapter.state_bytes = lambda: walked_from.append(threading.current_thread()) or adapter_state_bytes()  # type: ignore[method-assign]
+    worker = threading.Thread(target=stream.step, args=(image_batch(8),))
+    worker.start()
+    try:
+        assert mid_step.wait(10)
+        assert stream.state_bytes() == before  # the size before the step, read without touching its tensors
+        assert threading.main_thread() not in walked_from
+    finally:
+        resume.set()
+        worker.join(10)
+    assert stream.state_bytes() > before  # remeasured by the step's thread: Adam's two moments per parameter
+    assert walked_from and all(t is worker for t in walked_from)

@@ -25,7 +25,7 @@ from typing import Any
 
 from adapters import AdapterError
 from adapters.atomic import atomic_path, atomic_write_text
-from adapters.online import BUFFER_PREFIX
+from adapters.online_state import BUFFER_PREFIX
 from adapters.state_io import decode_header, decode_state, encode_state
 from tta_server.streams.errors import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError
 from tta_server.streams.feedback import FeedbackTotals
