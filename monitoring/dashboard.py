@@ -84,6 +84,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"sum(rate(tta_stream_spills_total{{{SEL}}}[{RATE}]))", "spills"),
         (f"sum(rate(tta_stream_wakes_total{{{SEL}}}[{RATE}]))", "wakes"),
         (f"sum(rate(tta_refused_steps_memory_budget_total{{{SEL}}}[{RATE}]))", "refused (budget)"),
+        (f"sum(rate(tta_refused_steps_too_large_total{{{SEL}}}[{RATE}]))", "refused (too large)"),
         (f"sum(rate(tta_diverged_steps_total{{{SEL}}}[{RATE}]))", "diverged, undone"),
     ], "memory-budget activity and contained divergence"),
     ("Persistence", "short", [

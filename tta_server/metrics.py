@@ -51,6 +51,10 @@ MANAGER_COUNTERS = {
     "spills": ("tta_stream_spills", "idle streams written to the snapshot store to make room"),
     "wakes": ("tta_stream_wakes", "spilled streams brought back into memory"),
     "refused_memory_budget": ("tta_refused_steps_memory_budget", "steps refused (503) by the memory budget"),
+    "refused_step_too_large": (
+        "tta_refused_steps_too_large",
+        "steps refused (413) because they alone exceed the whole memory budget: requests too large",
+    ),
     "refused_stream_limit": ("tta_refused_streams_stream_limit", "streams refused (503) by max_streams"),
     "snapshot_failures": ("tta_snapshot_failures", "snapshot writes that failed (retried on the next pass)"),
     "spill_failures": ("tta_spill_failures", "spills that failed (the stream stayed in memory)"),

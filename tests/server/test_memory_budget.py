@@ -218,7 +218,8 @@ def test_a_step_that_can_never_fit_is_refused_at_once_while_other_steps_run(
             with pytest.raises(StepTooLargeError, match="send at most"):
                 await manager.step("big", torch.rand(32, *tiny_source.input_shape))
             assert time.monotonic() - started < 2  # not memory_wait_s
-            assert manager.counters["refused_memory_budget"] == 1 and manager.streams["big"].online.steps == 0
+            assert manager.counters["refused_step_too_large"] == 1 and manager.streams["big"].online.steps == 0
+            assert manager.counters["refused_memory_budget"] == 0  # a client's mistake, not budget saturation
             assert estimate.bytes_for(30) + fits > never  # fits alone, not beside the running step: it waits
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(manager.step("big", torch.rand(30, *tiny_source.input_shape)), 0.5)

@@ -68,7 +68,7 @@ class Stepping(Residency):
         assert budget is not None
         if step_need(images) + state <= budget:
             return
-        self.counters["refused_memory_budget"] += 1
+        self.counters["refused_step_too_large"] += 1  # the client's to fix: not budget saturation
         most = self.budget.most_images(lambda n: step_need(n) + state, images)
         hint = (
             f"send at most {most} images per request to this stream"
