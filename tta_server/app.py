@@ -127,6 +127,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             restored = len(found)
             if settings.verify_restored_snapshots and found:
                 tasks.append(asyncio.create_task(persistence.verify_restored(found)))
+            else:  # nothing to check, or checking is off: say so rather than "not finished" forever
+                persistence.verification.enabled = settings.verify_restored_snapshots
+                persistence.verification.finished = True
             if settings.snapshot_interval_s > 0:
                 tasks.append(
                     asyncio.create_task(

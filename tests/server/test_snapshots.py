@@ -78,7 +78,17 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
     _damage_inside(tmp_path / file_name("rotten"))
     unchecked = settings(tmp_path).model_copy(update={"verify_restored_snapshots": False})
     with running_server(unchecked) as url, httpx.Client(base_url=url, timeout=60) as client:
-        assert client.get("/v1/persistence").json()["quarantined"] == 0  # headers only: it looks sound
+        report = client.get("/v1/persistence").json()
+        assert report["quarantined"] == 0  # headers only: it looks sound
+        assert report["verification"] | {"seconds": 0} == {
+            "enabled": False,
+            "total": 0,
+            "verified": 0,
+            "quarantined": 0,
+            "skipped": 0,
+            "finished": True,
+            "seconds": 0,
+        }
         woken = client.get("/v1/streams/rotten")
         assert woken.status_code == 409 and woken.json()["error"]["code"] == "snapshot_damaged"
     (tmp_path / "quarantine").rename(tmp_path / "first-quarantine")
@@ -92,6 +102,7 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
             assert time.monotonic() < deadline, report
             time.sleep(0.05)
         assert report["verification"] | {"seconds": 0} == {
+            "enabled": True,
             "total": 2,
             "verified": 1,
             "quarantined": 1,

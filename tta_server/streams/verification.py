@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VerificationProgress:
+    enabled: bool = True  # verify_restored_snapshots
     total: int = 0
     verified: int = 0
     quarantined: int = 0
