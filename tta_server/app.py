@@ -104,6 +104,12 @@ def _summary(services: Services, restored: int) -> str:
     )
 
 
+def takes_large_bodies(path: str) -> bool:
+    """The routes whose bodies are images or tensors (``max_request_bytes``); the others take small
+    JSON bodies (``max_json_request_bytes``)."""
+    return path == "/v1/predict" or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """The app; ``services`` from ``build_services(settings)`` serve its first lifespan."""
     settings = settings or Settings()
@@ -184,6 +190,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_request_bytes,
+        max_json_bytes=settings.max_json_request_bytes,
+        large_body=takes_large_bodies,
         read_timeout_s=settings.request_read_timeout_s,
         error_body=error_body,
     )

@@ -105,5 +105,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):  # FastAPI's body parsing turns every error into a 400
+            return await handle(request, exc.__cause__)  # a body over its limit or stalled: 413 or 408
         body = error_body(request.url.path, "http_error", str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -139,7 +139,17 @@ class Settings(BaseSettings):
         description="stream ids that get their own series on /metrics (tta_stream_*; bounded: at most 100)",
     )
     max_images_per_request: int = Field(256, ge=1, description="more images in one request: 413")
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1, description="refused while the body streams in (413)")
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1,
+        description="images and tensors (/v1/predict, OIP infer): refused while the body streams in (413)",
+    )
+    max_json_request_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="every other route's body (stream configs, feedback): JSON parsed on the event loop, about "
+        "25 ms per MiB, so kept small (413)",
+    )
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
     request_head_timeout_s: float = Field(
         30.0, gt=0, description="a request line and headers taking longer than this: 408 and the connection closed"
