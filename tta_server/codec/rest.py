@@ -35,7 +35,8 @@ async def decode_predict(
         files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
         payloads = [(f"image {i} ({str(f.filename)[:60]})", await f.read()) for i, f in enumerate(files)]
     elif content_type.startswith("application/json"):
-        payloads = _base64_images(parse_json(await request.body()))
+        body = await request.body()
+        payloads = _base64_images(await asyncio.to_thread(parse_json, body))  # megabytes of JSON: off the loop
     else:
         raise ApiError(
             415,
