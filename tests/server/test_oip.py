@@ -135,7 +135,7 @@ def test_tritonclient_reads_errors_config_statistics_and_the_repository(client) 
 
 def test_request_bodies_are_decoded_off_the_event_loop(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """JSON tensor data takes ~170 ms to decode for 256 CIFAR images: on the loop, every other
-    request and the health probes waited for it (probe worst case 300 ms, 85 ms off the loop)."""
+    request and the health probes waited for it (probe worst case ~300 ms; 85-180 ms off the loop)."""
     import asyncio
 
     import tta_server.codec.rest as rest
