@@ -115,6 +115,7 @@ def test_damaged_feedback_totals_quarantine_the_snapshot(tmp_path: Path) -> None
     store = SnapshotStore(tmp_path)
     online = OnlineStream(create_adapter("norm", create_source_model(), {}))
     store.write("cam", {**online.state_dict(), "feedback": {"images": -1}})
+    assert "non-negative" in (store.check("cam") or "")  # the check after start finds it too
     with pytest.raises(DamagedSnapshotError, match="non-negative"):
         store.read("cam")
     assert len(store.quarantined) == 1

@@ -4,8 +4,9 @@ A declared ``Content-Length`` over the route's limit is refused at once; a chunk
 as it arrives and refused as soon as it passes the limit, so one request never holds more than its
 limit (plus one chunk). Image and tensor routes (``large_body(path)``) may take ``max_bytes``; the
 others, whose JSON bodies are parsed on the event loop (about 25 ms per MiB: a 29 MiB feedback body
-stalled every request for 0.7 s), take ``max_json_bytes``. A body that stalls for ``read_timeout_s`` between chunks is
-refused with 408, so a slow upload cannot hold a worker or a graceful shutdown without bound.
+stalled every request for 0.7 s), take ``max_json_bytes``. A body that stalls for
+``read_timeout_s`` between chunks is refused with 408, so a slow upload cannot hold a worker or a
+graceful shutdown without bound.
 """
 
 from __future__ import annotations

@@ -190,6 +190,7 @@ class SnapshotStore:
                 metadata = dict(handle.metadata() or {})
                 check_content(path, FileTensors(handle), metadata, stream_id)
             decode_header(metadata)
+            _feedback_totals(metadata)
         except (ValueError, AdapterError, InvalidStreamIdError) as exc:
             return str(exc)
         except Exception as exc:  # safetensors' own errors for truncated or foreign files, as in load()
@@ -201,8 +202,9 @@ class SnapshotStore:
             tensors, metadata = load(path)
             stream_id = check_content(path, tensors, metadata, expected_id)
             state = decode_state(tensors, metadata)
-            if "feedback" in metadata:
-                state["feedback"] = FeedbackTotals.from_dict(json.loads(metadata["feedback"])).as_dict()
+            totals = _feedback_totals(metadata)
+            if totals is not None:
+                state["feedback"] = totals
         except (ValueError, AdapterError, InvalidStreamIdError, OSError) as exc:
             self.quarantine(path, str(exc))
             raise DamagedSnapshotError(f"snapshot {path.name} is damaged and was quarantined: {exc}") from exc
@@ -219,3 +221,10 @@ class SnapshotStore:
             logger.error("snapshot %s quarantined to %s: %s", path.name, target, reason)
         except OSError as exc:  # a read-only directory: the file stays, and is skipped again next time
             logger.error("snapshot %s is damaged (%s) and could not be quarantined: %s", path.name, reason, exc)
+
+
+def _feedback_totals(metadata: dict[str, str]) -> dict[str, int] | None:
+    """A snapshot's label-feedback totals, if it has them; ValueError unless they are sound."""
+    if "feedback" not in metadata:
+        return None
+    return FeedbackTotals.from_dict(json.loads(metadata["feedback"])).as_dict()
