@@ -22,7 +22,9 @@ from tests.helpers import FEWER_VIEWS
 IMAGES = 50
 BF16_VIEWS = {"cotta": {"n_augmentations": 4}, "petal": {"n_augmentations": 4}}  # fewer augmented views, same code
 AGREEMENT_FLOOR = 0.85
-ACCURACY_TOLERANCE = 0.04  # absolute difference of the accuracy on the true labels
+# correct answers on the true labels may differ by 2 of the 50 images (4 %); counted as integers,
+# since 0.20 - 0.16 in float32 is 0.040000006 > 0.04
+ACCURACY_TOLERANCE_IMAGES = 2
 PROBABILITY_TOLERANCE = 0.05  # mean absolute difference of the softmax outputs
 
 
@@ -50,8 +52,8 @@ def test_bf16_steps_agree_with_fp32_on_real_images(
         assert got.dtype == torch.float32 and torch.isfinite(got).all()
         agreement = float((got.argmax(1) == want.argmax(1)).float().mean())
         assert agreement >= AGREEMENT_FLOOR, f"{name}: {agreement:.3f} argmax agreement"
-        accuracy = [float((logits.argmax(1) == labels).float().mean()) for logits in (want, got)]
-        assert abs(accuracy[0] - accuracy[1]) <= ACCURACY_TOLERANCE, f"{name}: accuracy {accuracy}"
+        correct = [int((logits.argmax(1) == labels).sum()) for logits in (want, got)]
+        assert abs(correct[0] - correct[1]) <= ACCURACY_TOLERANCE_IMAGES, f"{name}: correct of {IMAGES}: {correct}"
         assert float((got.softmax(1) - want.softmax(1)).abs().mean()) < PROBABILITY_TOLERANCE
     assert fast.state_is_finite()
     assert all(t.dtype == torch.float32 for t in fast._state_tensors().values() if t.is_floating_point())
