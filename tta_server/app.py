@@ -52,6 +52,7 @@ def build_services(settings: Settings) -> Services:
         workers=settings.workers,
         min_adapt_batch=settings.min_adapt_batch,
         max_streams=settings.max_streams,
+        max_streams_total=settings.max_streams_total,
         max_batch_size=settings.max_batch_size,
         max_delay_ms=settings.max_delay_ms,
         memory_budget_bytes=settings.memory_budget_bytes,

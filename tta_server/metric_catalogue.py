@@ -36,7 +36,10 @@ MANAGER_COUNTERS = {
         "tta_refused_steps_too_large",
         "steps refused (413) because they alone exceed the whole memory budget: requests too large",
     ),
-    "refused_stream_limit": ("tta_refused_streams_stream_limit", "streams refused (503) by max_streams"),
+    "refused_stream_limit": (
+        "tta_refused_streams_stream_limit",
+        "streams refused (503) by max_streams or max_streams_total",
+    ),
     "snapshot_failures": ("tta_snapshot_failures", "snapshot writes that failed (retried on the next pass)"),
     "spill_failures": ("tta_spill_failures", "spills that failed (the stream stayed in memory)"),
     "snapshots_verified": (

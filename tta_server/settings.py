@@ -50,7 +50,13 @@ class Settings(BaseSettings):
         description="torch device of the model and all adaptation: cpu, cuda or cuda:N (frozen forwards "
         "run in torch there; ONNX Runtime serves them on the CPU)",
     )
-    max_streams: int = Field(1024, ge=1, description="streams held at once; more are refused with 503")
+    max_streams: int = Field(1024, ge=1, description="streams held in memory at once; more are refused with 503")
+    max_streams_total: int = Field(
+        65536,
+        ge=1,
+        description="streams in memory and spilled to snapshot_dir together: a new stream beyond is refused with "
+        "503, so clients inventing stream ids cannot fill the disk with spilled states",
+    )
     memory_budget_bytes: int | None = Field(
         None,
         ge=1,

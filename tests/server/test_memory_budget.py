@@ -16,6 +16,7 @@ import torch
 from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
 from adapters.memory import measure_working_memory, step_memory
 from adapters.online import OnlineStream
+from tests.conftest import image_batch
 from tests.helpers import files, images, probabilities
 from tests.server_harness import running_server
 from tta_server import Settings
@@ -317,3 +318,55 @@ def test_a_stream_being_spilled_stays_in_the_full_listing(tmp_path: Path, monkey
         listed = client.get("/v1/streams", params={"include_spilled": "true"}).json()
         assert [(s["stream_id"], s["resident"]) for s in listed] == [("moving", False)]
         assert time.monotonic() - started >= 0.2  # it waited for the spill to land
+
+
+def test_spilled_streams_count_against_the_total_so_invented_ids_cannot_fill_the_disk(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    from tta_server.streams import StreamLimitError
+
+    async def main() -> None:
+        options = StreamOptions(default_adapter="tent", min_adapt_batch=4, max_streams_total=3)
+        manager = StreamManager(tiny_source, options, SnapshotStore(tmp_path))
+        try:
+            for name in ("a", "b", "c"):
+                await manager.step(name, image_batch(4))
+                assert await manager.spill(manager.streams[name])  # idle: to the store, out of memory
+            assert manager.streams == {} and manager.spilled == {"a", "b", "c"}
+            with pytest.raises(StreamLimitError, match="max_streams_total=3"):
+                await manager.step("d", image_batch(4))
+            assert not manager.store.exists("d") and manager.counters["refused_stream_limit"] == 1  # type: ignore[union-attr]
+            assert (await manager.step("a", image_batch(4, 1))).steps == 2  # a spilled stream still wakes
+            await manager.delete("b")
+            assert (await manager.step("d", image_batch(4))).steps == 1  # room again
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
+def test_streams_restored_beyond_the_total_are_kept_and_wake(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Lowering max_streams_total never loses a stream the store already holds."""
+    from tta_server.streams import Persistence, StreamLimitError
+
+    async def main() -> None:
+        store = SnapshotStore(tmp_path)
+        manager = StreamManager(tiny_source, StreamOptions(default_adapter="tent", min_adapt_batch=4), store)
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+            await Persistence(manager, store).snapshot_changed()
+        finally:
+            manager.close()
+        options = StreamOptions(default_adapter="tent", min_adapt_batch=4, max_streams_total=1)
+        manager = StreamManager(tiny_source, options, store)
+        try:
+            assert sorted(Persistence(manager, store).restore_all()) == ["a", "b"]
+            assert (await manager.step("a", image_batch(4, 1))).steps == 2
+            assert (await manager.step("b", image_batch(4, 1))).steps == 2
+            with pytest.raises(StreamLimitError, match="max_streams_total=1"):
+                await manager.step("new", image_batch(4))
+        finally:
+            manager.close()
+
+    asyncio.run(main())

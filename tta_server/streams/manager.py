@@ -125,6 +125,13 @@ class StreamManager(Stepping):
         if len(self.streams) >= self.options.max_streams:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
+        total = len(self.streams) + len(self.spilled)
+        if state is None and total >= self.options.max_streams_total:  # a stream from its snapshot is no new one
+            self.counters["refused_stream_limit"] += 1
+            raise StreamLimitError(
+                f"max_streams_total={self.options.max_streams_total} reached (streams in memory and spilled to the "
+                "store): delete streams, or raise the limit"
+            )
         online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps

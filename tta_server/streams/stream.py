@@ -36,6 +36,7 @@ class StreamOptions:
     workers: int = 2
     min_adapt_batch: int = 1
     max_streams: int = 1024
+    max_streams_total: int = 65536  # in memory and spilled to the store together
     max_batch_size: int = 256  # dynamic batching: most images per step
     max_delay_ms: float = 0.0  # dynamic batching window (0: off)
     memory_budget_bytes: int | None = None
