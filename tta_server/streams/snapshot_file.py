@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,15 @@ FILE_FORMAT = "tta-stream-snapshot/2"
 
 def file_name(stream_id: str) -> str:
     return hashlib.sha256(stream_id.encode()).hexdigest()[:32] + SUFFIX
+
+
+def file_signature(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at ``path`` now (a rewrite is a rename: a new inode); None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def checksum(tensors: Mapping[str, Tensor], metadata: dict[str, str]) -> str:

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from adapters import AdapterError
 from adapters.atomic import atomic_path, atomic_write_text
 from adapters.online_state import BUFFER_PREFIX
@@ -37,6 +39,7 @@ from tta_server.streams.snapshot_file import (
     check_content,
     checksum,
     file_name,
+    file_signature,
     identity,
     load,
 )
@@ -175,11 +178,16 @@ class SnapshotStore:
     def check(self, stream_id: str) -> str | None:
         """What is wrong with the content of ``stream_id``'s snapshot (what :meth:`read` would
         quarantine it for), or None; nothing is moved. The file is hashed tensor by tensor through its
-        memory map and no state is built. A file that cannot be opened is no verdict (None):
-        its read judges it."""
+        memory map and no state is built. A file that cannot be opened, or that was replaced while it
+        was checked, is no verdict (None): its read judges it."""
+        path = self.path(stream_id)
+        before = file_signature(path)
+        problem = self._problem(path, stream_id)
+        return None if problem is None or file_signature(path) != before else problem  # replaced: no verdict
+
+    def _problem(self, path: Path, stream_id: str) -> str | None:
         from safetensors import safe_open
 
-        path = self.path(stream_id)
         try:
             with path.open("rb"):
                 pass
@@ -199,8 +207,7 @@ class SnapshotStore:
 
     def _verified(self, path: Path, expected_id: str | None) -> tuple[str, dict[str, Any]]:
         try:
-            tensors, metadata = load(path)
-            stream_id = check_content(path, tensors, metadata, expected_id)
+            tensors, metadata, stream_id = _read_whole(path, expected_id)
             state = decode_state(tensors, metadata)
             totals = _feedback_totals(metadata)
             if totals is not None:
@@ -228,3 +235,18 @@ def _feedback_totals(metadata: dict[str, str]) -> dict[str, int] | None:
     if "feedback" not in metadata:
         return None
     return FeedbackTotals.from_dict(json.loads(metadata["feedback"])).as_dict()
+
+
+def _read_whole(path: Path, expected_id: str | None) -> tuple[dict[str, Tensor], dict[str, str], str]:
+    """A sound file's tensors, metadata and stream id. safetensors opens the file by its name twice
+    (header, then data), so a file replaced in between reads as a mix of two and fails its checksum:
+    when the file at ``path`` changed during the read, it is read again rather than judged."""
+    for attempt in range(3):
+        before = file_signature(path)
+        try:
+            tensors, metadata = load(path)
+            return tensors, metadata, check_content(path, tensors, metadata, expected_id)
+        except ValueError:
+            if attempt == 2 or file_signature(path) == before:
+                raise
+    raise AssertionError("unreachable")

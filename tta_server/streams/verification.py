@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from tta_server.streams.manager import StreamManager
+from tta_server.streams.snapshot_file import file_signature
 from tta_server.streams.store import SnapshotStore
 
 logger = logging.getLogger(__name__)
@@ -41,15 +40,6 @@ class VerificationProgress:
         return asdict(self)
 
 
-def _signature(path: Path) -> tuple[int, int, int] | None:
-    """Which file is at ``path`` now (a rewrite is a rename: a new inode)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 async def verify_restored(
     manager: StreamManager, store: SnapshotStore, stream_ids: list[str], progress: VerificationProgress
 ) -> None:
@@ -58,7 +48,7 @@ async def verify_restored(
     progress.total = len(stream_ids)
     for stream_id in stream_ids:
         path = store.path(stream_id)
-        before = _signature(path)
+        before = file_signature(path)
         if stream_id not in manager.spilled or before is None:
             progress.skipped += 1
             continue
@@ -68,7 +58,7 @@ async def verify_restored(
             manager.counters["snapshots_verified"] += 1
             continue
         async with manager.transfers:  # no wake, spill or delete in between
-            if stream_id in manager.spilled and _signature(path) == before:
+            if stream_id in manager.spilled and file_signature(path) == before:
                 store.quarantine(path, problem)
                 manager.spilled.discard(stream_id)
                 progress.quarantined += 1
