@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -48,3 +49,10 @@ def post_later(url: str, stream: str, batch: np.ndarray, delay: float, results: 
 def probabilities(body: dict) -> np.ndarray:  # type: ignore[type-arg]
     names = create_source_model().class_names
     return np.asarray([[p["top_k"].get(n, 0.0) for n in names] for p in body["predictions"]])
+
+
+def damage_inside(path: Path) -> None:
+    """Flip one byte of a snapshot's last tensor: the header stays sound, the checksum fails."""
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))

@@ -19,7 +19,7 @@ import torch
 
 from adapters import SourceModel
 from tests.conftest import image_batch
-from tests.helpers import png
+from tests.helpers import damage_inside, png
 from tests.server_harness import running_server
 from tta_server import Settings
 from tta_server.streams import (
@@ -506,10 +506,7 @@ def test_restoring_a_damaged_spilled_stream_forgets_it(tmp_path: Path, tiny_sour
         try:
             await manager.step("cam", image_batch(4))
             assert await manager.spill(manager.streams["cam"])
-            path = persistence.store.path("cam")
-            damaged = bytearray(path.read_bytes())
-            damaged[-10] ^= 0xFF
-            path.write_bytes(bytes(damaged))
+            damage_inside(persistence.store.path("cam"))
             with pytest.raises(DamagedSnapshotError, match="checksum mismatch"):
                 await persistence.restore("cam")
             assert manager.spilled == set() and manager.streams == {}
@@ -578,12 +575,6 @@ def test_a_delete_cancelled_midway_leaves_the_stream_and_its_snapshot_together(
     asyncio.run(main())
 
 
-def _flip_a_tensor_byte(path: Path) -> None:
-    damaged = bytearray(path.read_bytes())
-    damaged[-10] ^= 0xFF
-    path.write_bytes(bytes(damaged))
-
-
 def test_the_check_after_start_quarantines_a_damaged_snapshot_before_a_request_wakes_it(
     tmp_path: Path, tiny_source: SourceModel
 ) -> None:
@@ -595,7 +586,7 @@ def test_the_check_after_start_quarantines_a_damaged_snapshot_before_a_request_w
             await persistence.snapshot_changed()
         finally:
             manager.close()
-        _flip_a_tensor_byte(persistence.store.path("damaged"))
+        damage_inside(persistence.store.path("damaged"))
         manager, persistence = manager_with_store(tiny_source, tmp_path)  # a restart
         try:
             found = sorted(persistence.restore_all())
@@ -629,7 +620,7 @@ def test_the_check_after_start_leaves_a_file_rewritten_while_it_was_checked(
             sound = persistence.store.read("cam")
         finally:
             manager.close()
-        _flip_a_tensor_byte(persistence.store.path("cam"))
+        damage_inside(persistence.store.path("cam"))
         manager, persistence = manager_with_store(tiny_source, tmp_path)
         try:
             assert persistence.restore_all() == ["cam"]

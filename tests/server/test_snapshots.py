@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import png
+from tests.helpers import damage_inside, png
 from tests.server_harness import running_server
 from tta_server import Settings
 from tta_server.streams import SnapshotStore
@@ -62,12 +62,6 @@ def test_a_broken_snapshot_is_quarantined_at_start(tmp_path: Path) -> None:
     assert not (tmp_path / file_name("broken")).exists() and len(list((tmp_path / "quarantine").iterdir())) == 2
 
 
-def _damage_inside(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-10] ^= 0xFF  # a tensor's bytes: the header stays sound
-    path.write_bytes(bytes(data))
-
-
 def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_wakes_it(tmp_path: Path) -> None:
     import time
 
@@ -75,7 +69,7 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
         for stream in ("sound", "rotten"):
             client.post("/v1/streams", json={"stream_id": stream, "adapter": "tent"})
             predict(client, stream, 1)
-    _damage_inside(tmp_path / file_name("rotten"))
+    damage_inside(tmp_path / file_name("rotten"))
     unchecked = settings(tmp_path).model_copy(update={"verify_restored_snapshots": False})
     with running_server(unchecked) as url, httpx.Client(base_url=url, timeout=60) as client:
         report = client.get("/v1/persistence").json()
@@ -95,7 +89,7 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
     with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
         for stream in ("sound", "rotten"):
             predict(client, stream, 2)  # rotten was lost above: a new stream
-    _damage_inside(tmp_path / file_name("rotten"))
+    damage_inside(tmp_path / file_name("rotten"))
     with running_server(settings(tmp_path)) as url, httpx.Client(base_url=url, timeout=60) as client:
         deadline = time.monotonic() + 30
         while not (report := client.get("/v1/persistence").json())["verification"]["finished"]:

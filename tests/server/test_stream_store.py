@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from adapters import SourceModel, create_adapter, get_frozen_forward
 from adapters.online import OnlineStream
 from tests.conftest import image_batch
+from tests.helpers import damage_inside
 from tta_server.streams import DamagedSnapshotError, InvalidStreamIdError, MissingSnapshotError, SnapshotStore
 from tta_server.streams.ids import stream_id_for_sequence, validate_stream_id
 from tta_server.streams.snapshot_file import file_name
@@ -87,12 +88,6 @@ def _rewrite(path: Path, tensors: dict[str, torch.Tensor] | None = None, **metad
     save_file(tensors if tensors is not None else load_file(str(path)), str(path), metadata=meta)
 
 
-def _flip_a_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x01  # inside the last tensor's data
-    path.write_bytes(bytes(data))
-
-
 def _nan_with_a_valid_checksum(path: Path) -> None:
     from tta_server.streams.snapshot_file import checksum as _checksum
 
@@ -110,7 +105,7 @@ def _nan_with_a_valid_checksum(path: Path) -> None:
 DAMAGE = {
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable"),
     "not safetensors": (lambda p: p.write_bytes(b"\x00" * 64), "unreadable"),
-    "flipped byte": (_flip_a_byte, "checksum"),
+    "flipped byte": (damage_inside, "checksum"),
     "edited metadata": (lambda p: _rewrite(p, steps="999"), "checksum"),
     "malformed metadata": (lambda p: _rewrite(p, config="{not json"), "checksum"),
     "other format": (lambda p: _rewrite(p, file_format="something else"), "format"),
