@@ -72,6 +72,7 @@ def build_services(settings: Settings) -> Services:
         _check_budget_fits_a_step(settings, streams, source)
     persistence = Persistence(streams, store, settings.persistence_failure_grace_s) if store else None
     feedback = FeedbackLog(settings.feedback_max_requests, len(source.class_names))
+    streams.end_observers.append(feedback.forget)  # a stream's pending predictions end with it
     return Services(settings=settings, source=source, streams=streams, persistence=persistence, feedback=feedback)
 
 

@@ -3,7 +3,10 @@ bounded memory for pending predictions, clear 4xx for unknown, expired or mismat
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from adapters import create_adapter, create_source_model, get_frozen_forward
+from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
 from adapters.online import OnlineStream
-from tests.helpers import png
+from tests.conftest import image_batch
+from tests.helpers import FEWER_VIEWS, damage_inside, files, images, png, post_later
 from tests.server_harness import running_server
 from tta_server import Settings
-from tta_server.streams import DamagedSnapshotError, SnapshotStore
+from tta_server.streams import DamagedSnapshotError, SnapshotStore, StreamManager, StreamOptions
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +123,86 @@ def test_damaged_feedback_totals_quarantine_the_snapshot(tmp_path: Path) -> None
     with pytest.raises(DamagedSnapshotError, match="non-negative"):
         store.read("cam")
     assert len(store.quarantined) == 1
+
+
+@pytest.mark.parametrize("max_delay_ms", [0.0, 1.0], ids=["alone", "dynamic batching"])
+def test_a_prediction_is_pending_before_a_delete_queued_behind_its_step(
+    tiny_source: SourceModel, max_delay_ms: float
+) -> None:
+    """The request's pending prediction is recorded while its step still holds the stream's lock, so
+    a delete that waited for the step forgets it; a new stream of the same id never inherits it."""
+
+    async def main() -> list[str]:
+        manager = StreamManager(tiny_source, StreamOptions(default_adapter="tent", max_delay_ms=max_delay_ms))
+        events: list[str] = []
+        manager.end_observers.append(lambda stream_id: events.append(f"ended {stream_id}"))
+        try:
+            await manager.step("cam", image_batch(4, 0))
+            old = manager.streams["cam"]
+            await old.lock.acquire()  # the step below waits here, as behind a long earlier step
+            step = asyncio.create_task(manager.step("cam", image_batch(4, 1), lambda r: events.append("recorded")))
+            await asyncio.sleep(0.05)
+            delete = asyncio.create_task(manager.delete("cam"))
+            await asyncio.sleep(0.05)
+            old.lock.release()
+            await asyncio.gather(step, delete)
+        finally:
+            manager.close()
+        return events
+
+    assert asyncio.run(main()) == ["recorded", "ended cam"]
+
+
+def test_labels_for_a_prediction_answered_as_its_stream_was_deleted_are_refused() -> None:
+    """A delete that waited for a prediction's step ends the stream; its prediction must not stay
+    pending for the new stream of the same id (it was scored against it before)."""
+    settings = Settings(
+        default_adapter="cotta", default_adapter_config=FEWER_VIEWS["cotta"], min_adapt_batch=1, max_delay_ms=1
+    )
+    with running_server(settings) as url:
+        first = httpx.post(f"{url}/v1/predict", files=files(images(4, 0)), headers={"X-Stream-Id": "gone"}, timeout=60)
+        assert first.json()["step"] == 1
+        answered: dict[int, dict] = {}  # type: ignore[type-arg]
+        slow = threading.Thread(target=post_later, args=(url, "gone", images(128, 1), 0.0, answered, 0))
+        slow.start()  # a step of some seconds; the delete below waits for it
+        time.sleep(0.5)
+        assert httpx.delete(f"{url}/v1/streams/gone", timeout=60).status_code == 204
+        slow.join()
+        assert answered[0]["step"] == 2, "the prediction must have run on the deleted stream, before the delete"
+        httpx.post(f"{url}/v1/predict", files=files(images(4, 2)), headers={"X-Stream-Id": "gone"}, timeout=60)
+        labels = [p["class_index"] for p in answered[0]["predictions"]]
+        stale = send(url, "gone", (answered[0]["request_id"], labels))
+        assert stale.status_code == 404 and stale.json()["error"]["code"] == "unknown_request", stale.text
+
+
+def test_a_stream_whose_state_is_lost_forgets_its_pending_predictions(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Dropped at idle expiry (no store) or lost with a damaged snapshot: the id starts afresh, and
+    labels for the old stream's requests are refused, not scored against the new one."""
+    from tta_server.streams.feedback import FeedbackError, FeedbackLog
+    from tta_server.streams.persistence import expire_unpersisted
+
+    async def main() -> None:
+        log = FeedbackLog(max_requests=10, num_classes=10)
+        store = SnapshotStore(tmp_path)
+        unstored = StreamManager(tiny_source, StreamOptions(default_adapter="tent"))
+        stored = StreamManager(tiny_source, StreamOptions(default_adapter="tent", memory_budget_bytes=2**30), store)
+        try:
+            for name, manager in (("dropped", unstored), ("damaged", stored)):
+                manager.end_observers.append(log.forget)
+                await manager.step(
+                    name, image_batch(2, 0), lambda r, n=name: log.record("r1", n, r.logits.argmax(1), None)
+                )
+                log.check(name, [("r1", [0, 0])])  # pending
+            assert expire_unpersisted(unstored, idle_s=0) == ["dropped"]
+            assert await stored.spill(stored.streams["damaged"])
+            damage_inside(store.path("damaged"))
+            with pytest.raises(DamagedSnapshotError):
+                await stored.get("damaged")
+            for name in ("dropped", "damaged"):
+                with pytest.raises(FeedbackError, match="no pending prediction"):
+                    log.check(name, [("r1", [0, 0])])
+        finally:
+            unstored.close()
+            stored.close()
+
+    asyncio.run(main())

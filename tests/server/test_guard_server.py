@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from benchmarks.data.cifar10c import CORRUPTIONS
 from benchmarks.evaluation.replay import ReplayConfig, replay_dataset
@@ -17,8 +18,15 @@ from tta_server import Settings
 PERIODIC = {"reset_every_steps": 2}
 
 
-def test_a_stream_guard_acts_and_is_reported_everywhere() -> None:
-    settings = Settings(default_adapter="tent", min_adapt_batch=4, signal_window_steps=1, metrics_streams=["cam"])
+@pytest.mark.parametrize("max_delay_ms", [0.0, 5.0], ids=["alone", "dynamic batching"])
+def test_a_stream_guard_acts_and_is_reported_everywhere(max_delay_ms: float) -> None:
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        signal_window_steps=1,
+        metrics_streams=["cam"],
+        max_delay_ms=max_delay_ms,  # a grouped step's guard action reaches each of its requests
+    )
     files = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
         created = client.post("/v1/streams", json={"stream_id": "cam", "guard": PERIODIC})

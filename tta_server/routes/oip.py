@@ -55,7 +55,6 @@ async def _release(services: ServicesDep, stream_id: str) -> dict[str, object] |
         pass
     except SnapshotDeleteError as exc:
         return {"sequence_released": False, "sequence_release_error": str(exc)}
-    services.feedback.forget(stream_id)
     return None
 
 

@@ -12,6 +12,7 @@ from tta_server.codec.rest import decode_predict
 from tta_server.deps import ServicesDep
 from tta_server.routes.docs import ERRORS, PREDICT_BODY
 from tta_server.streams import STREAM_ID_PATTERN, validate_stream_id
+from tta_server.streams.stream import StepResult
 
 router = APIRouter(prefix="/v1", tags=["predict"], dependencies=API)
 
@@ -54,11 +55,15 @@ async def predict(
     batch = await decode_predict(
         request, source.preprocessing, settings.max_images_per_request, settings.max_image_pixels
     )
-    result = await services.streams.step(stream_id, batch)
-    request.state.adapter = adapter_name = result.adapter
     request_id = str(request.state.request_id)
+
+    def pending(result: StepResult) -> None:  # while the stream is locked: never after a delete of it
+        classes = result.logits.float().softmax(1).argmax(1)  # as the answer's class_index
+        services.feedback.record(request_id, stream_id, classes, result.source_classes)
+
+    result = await services.streams.step(stream_id, batch, on_result=pending)
+    request.state.adapter = adapter_name = result.adapter
     probs = result.logits.float().softmax(1)
-    services.feedback.record(request_id, stream_id, probs.argmax(1), result.source_classes)
     k = min(settings.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = source.class_names

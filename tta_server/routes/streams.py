@@ -221,7 +221,6 @@ async def delete_stream(request: Request, services: ServicesDep, stream_id: str 
     the stream is kept as it was."""
     request.state.stream_id = stream_id
     await services.streams.delete(stream_id)
-    services.feedback.forget(stream_id)
 
 
 @router.post("/streams/{stream_id}/snapshot", dependencies=ADMIN + ROUTED)

@@ -61,6 +61,7 @@ class StreamManager(Stepping):
         self.step_observers = []  # see Stepping
         self.guard_observers = []
         self.transfer_observers: list[Callable[[str, float], None]] = []  # (spill | wake, seconds)
+        self.end_observers: list[Callable[[str], None]] = []  # see Residency
         self.transfers = asyncio.Lock()  # see tta_server.streams.residency
         self.executor = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="tta-model")
         # Fail at start-up, not on the first request, if the default adapter cannot be built.
@@ -184,6 +185,7 @@ class StreamManager(Stepping):
                         self._delete_snapshot(stream_id)
                         stream.deleted = True
                         self.streams.pop(stream_id)
+                        self.ended(stream_id)  # under the lock: before any request queued behind it
                         break
                 continue  # it left memory while its earlier work ran
             async with self.transfers:  # not in the middle of a spill or wake
@@ -193,6 +195,7 @@ class StreamManager(Stepping):
                     raise UnknownStreamError(stream_id)
                 self._delete_snapshot(stream_id)
                 self.spilled.discard(stream_id)
+                self.ended(stream_id)
                 break
         self.failures.forget(stream_id, "snapshot", "spill")
         if self.ownership is not None:

@@ -239,6 +239,7 @@ def expire_unpersisted(manager: StreamManager, idle_s: float) -> list[str]:
     for stream in list(manager.streams.values()):
         if stream.idle_s() >= idle_s and not stream.busy:
             manager.streams.pop(stream.stream_id, None)
+            manager.ended(stream.stream_id)  # its state is gone: the id starts afresh
             expired.append(stream.stream_id)
     return expired
 

@@ -32,6 +32,13 @@ class Residency(Claims):
     budget: MemoryBudget
     transfers: asyncio.Lock  # held for every change of which streams are in memory
     transfer_observers: list[Callable[[str, float], None]]  # (spill | wake, seconds)
+    # called with the id of a stream whose state ended here (deleted, lost, dropped without a
+    # store): a new stream of that id must not inherit anything of it, label feedback included
+    end_observers: list[Callable[[str], None]]
+
+    def ended(self, stream_id: str) -> None:
+        for observe in self.end_observers:
+            observe(stream_id)
 
     async def _create_from_state(self, stream_id: str, state: dict[str, Any]) -> Stream:
         raise NotImplementedError  # the manager's: a stream from its snapshot, ``transfers`` held
@@ -102,6 +109,7 @@ class Residency(Claims):
             state = await asyncio.to_thread(self.store.read, stream_id)
         except SnapshotError:
             self.spilled.discard(stream_id)  # damaged (quarantined) or gone: the stream is lost
+            self.ended(stream_id)
             raise
         self.spilled.discard(stream_id)
         try:

@@ -22,7 +22,7 @@ from adapters.online import DivergenceError
 from tta_server.streams.batching import enqueue
 from tta_server.streams.errors import MemoryBudgetError, StepTooLargeError, UnknownStreamError
 from tta_server.streams.residency import Residency
-from tta_server.streams.stream import StepResult, Stream
+from tta_server.streams.stream import OnResult, StepResult, Stream
 
 T = TypeVar("T")
 logger = logging.getLogger("tta_server.streams.manager")  # the name operators filter the step lines by
@@ -39,9 +39,13 @@ class Stepping(Residency):
     async def get_or_create(self, stream_id: str) -> Stream:
         raise NotImplementedError  # the manager's
 
-    async def run(self, stream: Stream, fn: Callable[[Stream], T], images: int = 0) -> T:
+    async def run(
+        self, stream: Stream, fn: Callable[[Stream], T], images: int = 0, then: Callable[[T], None] | None = None
+    ) -> T:
         """Run ``fn`` on the pool after the stream's earlier work; ``images`` > 0 marks an adaptation
-        step of that many images, whose working memory (plus the undo copy) is reserved first."""
+        step of that many images, whose working memory (plus the undo copy) is reserved first.
+        ``then`` gets the result on the loop while the stream's lock is still held: before any
+        later work on the stream, a delete included."""
         async with stream.lock:
             if stream.deleted:
                 raise UnknownStreamError(stream.stream_id)
@@ -57,9 +61,12 @@ class Stepping(Residency):
                 self.counters["refused_memory_budget"] += 1
                 raise
             try:
-                return await self.in_executor(fn, stream)
+                result = await self.in_executor(fn, stream)
             finally:
                 await self.budget.release(need)
+            if then is not None:
+                then(result)
+            return result
 
     def _refuse_if_never_fits(self, stream: Stream, images: int, step_need: Callable[[int], int]) -> None:
         """:class:`StepTooLargeError` now, not after ``memory_wait_s``, for a step that no spill
@@ -90,8 +97,10 @@ class Stepping(Residency):
     async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def step(self, stream_id: str, batch: Tensor) -> StepResult:
+    async def step(self, stream_id: str, batch: Tensor, on_result: OnResult | None = None) -> StepResult:
         """Predict ``batch`` on the stream and adapt it; returns (logits, step count, adapter name).
+        ``on_result`` sees the result before a later delete of the stream can run (it records the
+        request's pending prediction for label feedback: never one of a stream already deleted).
 
         With ``max_delay_ms`` > 0, requests of one stream are grouped (see :mod:`.batching`). A
         request that waited behind a delete of its stream comes after it: with ``auto_create`` it
@@ -100,23 +109,23 @@ class Stepping(Residency):
         while True:
             stream = await self.get_or_create(stream_id)
             try:
-                return await self._step_on(stream, batch)
+                return await self._step_on(stream, batch, on_result)
             except UnknownStreamError:
                 if not (stream.deleted and self.options.auto_create):
                     raise
 
-    async def _step_on(self, stream: Stream, batch: Tensor) -> StepResult:
+    async def _step_on(self, stream: Stream, batch: Tensor, on_result: OnResult | None) -> StepResult:
         delay_s = self.options.max_delay_ms / 1000
         if delay_s <= 0:
-            return await self._step(stream, batch)
+            return await self._step(stream, batch, on_result)
         stream.online.adapter.validate(batch)  # a bad request fails alone, not the group it would join
         limit = self.options.max_batch_size
         if self.budget.enabled:  # no group the budget could never hold: each of its requests might fit alone
             need = await self._step_need(stream)
             limit = self.budget.most_images(lambda images: need(images) + stream.online.state_bytes(), limit)
-        return await enqueue(stream, batch, delay_s, limit, self._step)
+        return await enqueue(stream, batch, on_result, delay_s, limit, self._step)
 
-    async def _step(self, stream: Stream, batch: Tensor) -> StepResult:
+    async def _step(self, stream: Stream, batch: Tensor, on_result: OnResult | None = None) -> StepResult:
         queued = time.perf_counter()  # behind the stream's earlier work, the budget and the pool
 
         def work(s: Stream) -> StepResult:
@@ -144,7 +153,7 @@ class Stepping(Residency):
             )
 
         try:
-            result = await self.run(stream, work, images=batch.shape[0])
+            result = await self.run(stream, work, images=batch.shape[0], then=on_result)
         except DivergenceError:
             self.counters["diverged_steps"] += 1
             logger.warning("stream %s: diverged step undone", stream.stream_id)

@@ -27,6 +27,17 @@ class StepResult(NamedTuple):
     guard: dict[str, Any] | None = None  # what the guard did in this step, if anything
 
 
+OnResult = Callable[[StepResult], None]  # told a request's result while its stream is still locked
+
+
+class Queued(NamedTuple):
+    """A request waiting for dynamic batching to group it into a step."""
+
+    batch: Tensor
+    future: asyncio.Future[StepResult]
+    on_result: OnResult | None
+
+
 @dataclass(frozen=True)
 class StreamOptions:
     """How the manager creates and runs streams (from the server settings of the same names)."""
@@ -96,7 +107,7 @@ class Stream:
     deleted: bool = False  # set under the lock by delete: later work on this object must not write
     feedback: FeedbackTotals = field(default_factory=FeedbackTotals)  # online error from label feedback
     # dynamic batching: requests waiting to be grouped into one step, and whether a drain runs
-    queue: list[tuple[Tensor, asyncio.Future[StepResult]]] = field(default_factory=list)
+    queue: list[Queued] = field(default_factory=list)
     draining: bool = False
     drain_task: asyncio.Task[None] | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)

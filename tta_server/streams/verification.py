@@ -61,6 +61,7 @@ async def verify_restored(
             if stream_id in manager.spilled and file_signature(path) == before:
                 store.quarantine(path, problem)
                 manager.spilled.discard(stream_id)
+                manager.ended(stream_id)
                 progress.quarantined += 1
                 logger.error("stream %s: its snapshot is damaged (%s); the stream is lost", stream_id, problem)
             else:
