@@ -146,6 +146,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
                 )
         if persistence is not None and services.streams.ownership is not None:
             tasks.append(asyncio.create_task(run_forever("leases", settings.lease_ttl_s / 3, persistence.renew_leases)))
+            await persistence.count_stored()
+            tasks.append(
+                asyncio.create_task(run_forever("store count", settings.lease_ttl_s, persistence.count_stored))
+            )
         if settings.idle_timeout_s is not None:
             idle = settings.idle_timeout_s
             expire = (

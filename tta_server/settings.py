@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     max_streams_total: int = Field(
         65536,
         ge=1,
-        description="streams in memory and spilled to snapshot_dir together: a new stream beyond is refused with "
-        "503, so clients inventing stream ids cannot fill the disk with spilled states",
+        description="streams in memory and spilled to snapshot_dir together (with replica_id: every snapshot in the "
+        "shared store): a new stream beyond is refused with 503, so clients inventing stream ids cannot fill the disk",
     )
     memory_budget_bytes: int | None = Field(
         None,

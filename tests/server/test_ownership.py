@@ -249,3 +249,35 @@ def test_a_stalled_owner_continues_from_the_newer_snapshot_not_its_stale_copy(
             b.close()
 
     asyncio.run(main())
+
+
+def test_the_stream_total_bounds_the_shared_store_not_each_replica(tmp_path: Path, tiny_source: SourceModel) -> None:
+    """Replicas release idle streams to the shared store, so no replica holds them: invented ids
+    with idle expiry would fill the store without bound if each counted only what it holds."""
+    from tta_server.streams import Persistence, StreamLimitError
+
+    async def main() -> None:
+        options = StreamOptions(default_adapter="tent", min_adapt_batch=4, max_streams_total=3)
+        store = SnapshotStore(tmp_path)
+        a = StreamManager(tiny_source, options, store, Ownership(tmp_path, "a", ttl_s=60))
+        b = StreamManager(tiny_source, options, store, Ownership(tmp_path, "b", ttl_s=60))
+        pa, pb = Persistence(a, store), Persistence(b, store)
+        try:
+            for manager, persistence, names in ((a, pa, ("a1", "a2")), (b, pb, ("b1",))):
+                for name in names:
+                    await manager.step(name, image_batch(4))
+                assert sorted(await persistence.expire_idle(0)) == list(names)  # written and released
+                assert manager.streams == {} and manager.spilled == set()
+            assert await pa.count_stored() == 3
+            with pytest.raises(StreamLimitError, match="max_streams_total=3"):
+                await a.step("a3", image_batch(4))
+            assert (await a.step("b1", image_batch(4, 1))).steps == 2  # a stored stream still wakes anywhere
+            await a.delete("b1")
+            assert (await a.step("a3", image_batch(4))).steps == 1  # room again
+            with pytest.raises(StreamLimitError):  # counted before its first snapshot
+                await a.step("a4", image_batch(4))
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())

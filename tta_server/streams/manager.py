@@ -56,6 +56,9 @@ class StreamManager(Stepping):
         self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
+        # with replicas sharing the store: its snapshots at the last count (Persistence.count_stored),
+        # plus the streams created here since; idle streams are released to the store, not spilled here
+        self.stored: int = 0
         self.counters: Counter[str] = Counter()  # diverged steps, spills, wakes, refusals, failures
         self.failures = FailureLog(logging.getLogger("tta_server.streams.persistence"))  # writes that keep failing
         self.step_observers = []  # see Stepping
@@ -126,18 +129,20 @@ class StreamManager(Stepping):
         if len(self.streams) >= self.options.max_streams:
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(f"max_streams={self.options.max_streams} reached")
-        total = len(self.streams) + len(self.spilled)
+        total = max(len(self.streams) + len(self.spilled), self.stored)
         if state is None and total >= self.options.max_streams_total:  # a stream from its snapshot is no new one
             self.counters["refused_stream_limit"] += 1
             raise StreamLimitError(
-                f"max_streams_total={self.options.max_streams_total} reached (streams in memory and spilled to the "
-                "store): delete streams, or raise the limit"
+                f"max_streams_total={self.options.max_streams_total} reached (streams in memory and in the "
+                "snapshot store): delete streams, or raise the limit"
             )
         online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
         await self.budget.fit(online.state_bytes(), self.state_total, lambda extra: self._make_room(None, extra))
         stream = self.streams[stream_id] = Stream(stream_id, online)
+        if state is None and self.ownership is not None:
+            self.stored += 1  # counted as in the store until the next count says otherwise
         if state is not None:
             stream.feedback = FeedbackTotals(**state.get("feedback", {}))  # verified by the store
         return stream
@@ -207,7 +212,8 @@ class StreamManager(Stepping):
         if self.store is None:
             return
         try:
-            self.store.delete(stream_id)
+            if self.store.delete(stream_id) and self.ownership is not None:
+                self.stored = max(0, self.stored - 1)
         except OSError as exc:
             self.counters["delete_failures"] += 1
             self.failures.failed(stream_id, "snapshot delete", exc, " (the stream is kept)")

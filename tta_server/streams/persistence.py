@@ -172,6 +172,12 @@ class Persistence:
         return expired
 
     # -- handover between replicas ----------------------------------------------------------------
+    async def count_stored(self) -> int:
+        """With replicas sharing the store: count its snapshots, all replicas' (a listing on its own
+        thread), so ``max_streams_total`` bounds the store, whose idle streams no replica holds."""
+        self.manager.stored = await asyncio.to_thread(self.store.count)
+        return self.manager.stored
+
     async def renew_leases(self) -> tuple[list[str], list[str]]:
         """Extend this replica's leases; drop streams taken over; hand over those another replica
         asked for (snapshot, release). Returns (lost, handed over)."""

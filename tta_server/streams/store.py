@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -124,6 +125,14 @@ class SnapshotStore:
         except FileNotFoundError:
             return False
         return True
+
+    def count(self) -> int:
+        """How many snapshots the directory holds (one listing, no file opened)."""
+        try:
+            with os.scandir(self.directory) as entries:
+                return sum(1 for e in entries if e.name.endswith(SUFFIX) and not e.name.startswith("."))
+        except OSError:
+            return 0
 
     def scan(
         self, reject: Callable[[dict[str, Any]], str | None] | None = None, headers_only: bool = False
