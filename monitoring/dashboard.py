@@ -85,8 +85,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"sum(rate(tta_stream_wakes_total{{{SEL}}}[{RATE}]))", "wakes"),
         (f"sum(rate(tta_refused_steps_memory_budget_total{{{SEL}}}[{RATE}]))", "refused (budget)"),
         (f"sum(rate(tta_refused_steps_too_large_total{{{SEL}}}[{RATE}]))", "refused (too large)"),
+        (f"sum(rate(tta_refused_requests_overloaded_total{{{SEL}}}[{RATE}]))", "shed (overloaded)"),
         (f"sum(rate(tta_diverged_steps_total{{{SEL}}}[{RATE}]))", "diverged, undone"),
-    ], "memory-budget activity and contained divergence"),
+    ], "memory-budget activity, requests shed for bodies in flight, and contained divergence"),
     ("Persistence", "short", [
         (f"min(tta_persistence_healthy{{{SEL}}})", "healthy"),
         (f"sum(tta_quarantined_snapshots{{{SEL}}})", "quarantined files"),

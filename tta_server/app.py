@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from adapters import SourceModel, create_adapter, create_source_model
 from tta_server import __version__
-from tta_server.codec.limits import BodyLimitMiddleware
+from tta_server.codec.limits import BodyLimitMiddleware, InFlightBodies
 from tta_server.deps import Services, one_stream_header
 from tta_server.errors import error_body, install_error_handlers
 from tta_server.logs import AccessLogMiddleware, ReplicaHeaderMiddleware
@@ -117,7 +117,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = settings or Settings()
     prebuilt = [services] if services is not None else []
 
-    metrics = ServerMetrics(__version__)
+    in_flight = InFlightBodies(settings.max_inflight_request_bytes)
+    metrics = ServerMetrics(__version__, in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -200,6 +201,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         large_body=takes_large_bodies,
         read_timeout_s=settings.request_read_timeout_s,
         error_body=error_body,
+        in_flight=in_flight,
     )
     if settings.replica_id is not None:
         app.add_middleware(ReplicaHeaderMiddleware, replica_id=settings.replica_id)

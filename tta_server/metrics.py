@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from adapters.blocks.signals import ratios
 from adapters.guard_config import REASONS
+from tta_server.codec.limits import InFlightBodies
 from tta_server.metric_catalogue import (
     BN_SHIFT_BUCKETS,
     DEPENDENCE_BUCKETS,
@@ -38,9 +39,10 @@ disable_created_metrics()  # the *_created series double every counter and histo
 
 
 class ServerMetrics:
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, in_flight: InFlightBodies | None = None) -> None:
         self.registry = CollectorRegistry()
         self.version = version
+        self.in_flight = in_flight or InFlightBodies(None)
         self.services: Services | None = None
         self.http_requests = Counter(
             "tta_http_requests",
@@ -183,6 +185,15 @@ class _StateCollector(Collector):
         )
         build.add_metric([self.metrics.version, services.source.model_id, settings.device], 1)
         yield build
+        bodies = self.metrics.in_flight
+        yield GaugeMetricFamily(
+            "tta_request_body_in_flight_bytes", "request bodies held by the requests in flight", value=bodies.held
+        )
+        yield CounterMetricFamily(
+            "tta_refused_requests_overloaded",
+            "requests shed (503 overloaded) because max_inflight_request_bytes of bodies were in flight",
+            value=bodies.refused,
+        )
         streams = GaugeMetricFamily("tta_streams", "streams by where their state is", labels=["state"])
         streams.add_metric(["in_memory"], len(manager.streams))
         streams.add_metric(["spilled"], len(manager.spilled))

@@ -156,6 +156,12 @@ class Settings(BaseSettings):
         description="every other route's body (stream configs, feedback): JSON parsed on the event loop, about "
         "25 ms per MiB, so kept small (413)",
     )
+    max_inflight_request_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="the bodies of all requests in flight together (at least max_request_bytes): a request that "
+        "does not fit now is shed with 503 overloaded and Retry-After, not buffered until memory runs out",
+    )
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
     request_head_timeout_s: float = Field(
         30.0, gt=0, description="a request line and headers taking longer than this: 408 and the connection closed"
@@ -192,6 +198,15 @@ class Settings(BaseSettings):
                     f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(cls.model_fields)}"
                 )
         return values
+
+    @model_validator(mode="after")
+    def _largest_request_can_be_admitted(self) -> Settings:
+        if self.max_inflight_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_inflight_request_bytes={self.max_inflight_request_bytes} is below max_request_bytes="
+                f"{self.max_request_bytes}: the largest request allowed could never be admitted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _model_and_adapter_exist(self) -> Settings:

@@ -227,3 +227,41 @@ def test_graceful_shutdown_does_not_wait_forever_on_a_slow_upload() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_bodies_in_flight_are_bounded_and_a_request_beyond_is_shed_at_once() -> None:
+    """A burst of large uploads is shed (503 overloaded, Retry-After) before its bodies are read,
+    while small requests and probes pass; the room comes back when the uploads end."""
+    settings = Settings(
+        default_adapter="norm", max_request_bytes=LIMIT, max_inflight_request_bytes=2 * LIMIT, min_adapt_batch=4
+    )
+    with running_server(settings) as url:
+        address = urlparse(url)
+        holders = []
+        for _ in range(2):  # two uploads of 200 KiB, stalled after their head: 400 of 512 KiB held
+            sock = socket.create_connection((address.hostname, address.port), timeout=10)
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            sock.sendall(f"Content-Length: {200 * 1024}\r\n\r\n".encode() + b'{"images": [')
+            holders.append(sock)
+        time.sleep(0.3)
+        shed = httpx.post(f"{url}/v1/predict", content=b"x" * (LIMIT - 1), headers={"Content-Type": "application/json"})
+        assert shed.status_code == 503 and shed.headers["retry-after"] == "1", shed.text
+        assert shed.json()["error"]["code"] == "overloaded" and "max_inflight_request_bytes" in shed.text
+        chunks = endless(b"x" * 16384)  # a chunked body is counted as it arrives
+        assert chunked_upload(url, "/v1/predict", "application/json", chunks, budget=LIMIT)[0] == 503
+        small = [("files", (f"{i}.png", png(i), "image/png")) for i in range(4)]
+        assert httpx.post(f"{url}/v1/predict", files=small, timeout=60).status_code == 200
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "tta_refused_requests_overloaded_total 2.0" in metrics
+        assert f"tta_request_body_in_flight_bytes {float(2 * 200 * 1024)}" in metrics
+        for sock in holders:
+            sock.close()
+        time.sleep(0.3)
+        again = httpx.post(f"{url}/v1/predict", files=small, timeout=60)
+        assert again.status_code == 200 and "tta_request_body_in_flight_bytes 0.0" in httpx.get(f"{url}/metrics").text
+
+
+def test_an_inflight_bound_below_the_largest_request_is_refused() -> None:
+    with pytest.raises(ValueError, match="could never be admitted"):
+        Settings(max_request_bytes=LIMIT, max_inflight_request_bytes=LIMIT - 1)

@@ -7,6 +7,13 @@ others, whose JSON bodies are parsed on the event loop (about 25 ms per MiB: a 2
 stalled every request for 0.7 s), take ``max_json_bytes``. A body that stalls for
 ``read_timeout_s`` between chunks is refused with 408, so a slow upload cannot hold a worker or a
 graceful shutdown without bound.
+
+The bodies of all requests in flight together stay within ``InFlightBodies.limit`` bytes
+(``max_inflight_request_bytes``): a request's declared ``Content-Length`` is taken from it before
+the body is read (a chunked body's bytes as they arrive) and given back when its answer is sent.
+A request that does not fit now gets 503 ``overloaded`` with ``Retry-After`` at once: a burst of
+large uploads (or of retries after an outage) is shed instead of buffered until the process runs
+out of memory, while small requests keep passing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,31 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tta_server.codec.errors import ApiError
 
+RETRY_OVERLOADED = {"Retry-After": "1"}
+
+
+class InFlightBodies:
+    """The body bytes held by the requests in flight, and the requests refused for want of room."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit, self.held, self.refused = limit, 0, 0
+
+    def take(self, size: int) -> bool:
+        if self.limit is not None and self.held + size > self.limit:
+            self.refused += 1
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+
+    def message(self, size: int) -> str:
+        return (
+            f"overloaded: the requests in flight hold {self.held} B of bodies and this one needs {size} B more, "
+            f"beyond max_inflight_request_bytes={self.limit}; retry shortly"
+        )
+
 
 class BodyLimitMiddleware:
     def __init__(
@@ -30,10 +62,12 @@ class BodyLimitMiddleware:
         error_body: Callable[[str, str, str], Any],
         max_json_bytes: int | None = None,
         large_body: Callable[[str], bool] = lambda path: True,
+        in_flight: InFlightBodies | None = None,
     ) -> None:
         self.app, self.max_bytes, self.read_timeout_s, self.error_body = app, max_bytes, read_timeout_s, error_body
         self.max_json_bytes = max_bytes if max_json_bytes is None else min(max_json_bytes, max_bytes)
         self.large_body = large_body
+        self.in_flight = in_flight or InFlightBodies(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -52,10 +86,15 @@ class BodyLimitMiddleware:
                 message = f"request is {int(declared)} bytes; {setting}={limit} on this route"
                 await self._refuse(scope, send, 413, "request_too_large", message)
                 return
+        in_flight = self.in_flight
+        held = int(declared) if declared is not None else 0  # a chunked body is taken as it arrives
+        if held and not in_flight.take(held):
+            await self._refuse(scope, send, 503, "overloaded", in_flight.message(held), RETRY_OVERLOADED)
+            return
         received, complete = 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received, complete
+            nonlocal received, complete, held
             if complete:  # after the body: waiting for a disconnect is not a stalled upload
                 return await receive()
             try:
@@ -63,17 +102,28 @@ class BodyLimitMiddleware:
             except TimeoutError:
                 raise ApiError(408, "request_timeout", f"no body data for {self.read_timeout_s} s") from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = len(message.get("body", b""))
+                received += chunk
                 complete = not message.get("more_body", False)
                 if received > limit:
                     raise ApiError(413, "request_too_large", f"body exceeds {setting}={limit} on this route")
+                if declared is None and chunk:
+                    if not in_flight.take(chunk):
+                        raise ApiError(503, "overloaded", in_flight.message(chunk), RETRY_OVERLOADED)
+                    held += chunk
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            in_flight.give_back(held)
 
-    async def _refuse(self, scope: Scope, send: Send, status: int, code: str, message: str) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(self.error_body(scope["path"], code, message)).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
         headers.append((b"connection", b"close"))  # the unread body must not be parsed as the next request
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

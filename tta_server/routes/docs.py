@@ -34,7 +34,8 @@ COMMON = {
     413: "body or image count over the limits, or a step larger than the whole memory budget",
     415: "unsupported content type",
     422: "invalid request, image or config, or a diverged step (undone)",
-    503: "retry later (Retry-After): stream limit, memory budget, stream on another replica, undeletable snapshot",
+    503: "retry later (Retry-After): overloaded (bodies in flight), stream limit, memory budget, stream on another "
+    "replica, undeletable snapshot",
 }
 ERRORS = _errors(ErrorBody, COMMON)
 OIP_ERRORS = _errors(OipErrorBody, COMMON)
