@@ -28,6 +28,7 @@ from tta_server.routes import streams as streams_routes
 from tta_server.settings import Settings
 from tta_server.streams import Persistence, SnapshotStore, StreamManager, StreamOptions
 from tta_server.streams.feedback import FeedbackLog
+from tta_server.streams.native_memory import FreedMemory
 from tta_server.streams.ownership import Ownership
 from tta_server.streams.persistence import expire_unpersisted, run_forever
 
@@ -127,6 +128,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         services.streams.step_observers.append(metrics.observe_step)
         services.streams.guard_observers.append(metrics.observe_guard)
         services.streams.transfer_observers.append(metrics.observe_transfer)
+        freed = FreedMemory()  # pages of spilled and deleted streams go back to the system
+        services.streams.transfer_observers.append(lambda kind, _: freed.freed() if kind == "spill" else None)
+        services.streams.end_observers.append(freed.freed)
         metrics.start_guard_series(settings.default_adapter, settings.guard.get("policy", "reset"))
         tasks: list[asyncio.Task[None]] = []
         restored = 0
@@ -151,6 +155,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             tasks.append(
                 asyncio.create_task(run_forever("store count", settings.lease_ttl_s, persistence.count_stored))
             )
+        if freed.available:
+            tasks.append(asyncio.create_task(run_forever("memory trim", 5.0, lambda: asyncio.to_thread(freed.trim))))
         if settings.idle_timeout_s is not None:
             idle = settings.idle_timeout_s
             expire = (

@@ -80,6 +80,16 @@ def test_state_bytes_equals_the_per_stream_tensors(
     assert adapter.state_bytes() == sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_no_gradient_outlives_its_step(name: str, tiny_source: SourceModel, batches: list[torch.Tensor]) -> None:
+    """Gradients are rebuilt by every step; kept between steps they would cost memory outside
+    state_bytes, which the memory budget counts."""
+    adapter = create_adapter(name, tiny_source)
+    run(adapter, batches[:2])
+    kept = [t for t in _cached_tensors(vars(adapter)) if t.grad is not None]
+    assert not kept, f"{len(kept)} tensors keep a gradient after the step"
+
+
 def _cached_tensors(value: object) -> list[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         return [value]

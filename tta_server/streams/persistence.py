@@ -119,9 +119,13 @@ class Persistence:
     async def snapshot_changed(self) -> tuple[int, int]:
         """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
         written = failed = 0
-        for stream_id, stream in list(self.manager.streams.items()):
-            if stream.version == stream.saved_version or stream.deleted:
+        # by id, not by object: a stream spilled while the pass writes others must be freed now;
+        # a list of the streams would keep every one of them alive, beyond the memory budget
+        for stream_id in list(self.manager.streams):
+            stream = self.manager.streams.get(stream_id)
+            if stream is None or stream.version == stream.saved_version or stream.deleted:
                 continue
+            del stream
             try:
                 await self.snapshot(stream_id)
                 written += 1
@@ -139,9 +143,11 @@ class Persistence:
         failures: dict[str, str] = {}
         written = 0
         deadline = time.monotonic() + timeout_s
-        for stream_id, stream in list(self.manager.streams.items()):
-            if stream.version == stream.saved_version:
+        for stream_id in list(self.manager.streams):  # by id: see snapshot_changed
+            stream = self.manager.streams.get(stream_id)
+            if stream is None or stream.version == stream.saved_version:
                 continue
+            del stream
             remaining = deadline - time.monotonic()
             try:
                 if remaining <= 0:
@@ -163,7 +169,10 @@ class Persistence:
         on whichever replica: with ownership their leases are released)."""
         expired = []
         ownership = self.manager.ownership
-        for stream in list(self.manager.streams.values()):
+        for stream_id in list(self.manager.streams):  # by id: see snapshot_changed
+            stream = self.manager.streams.get(stream_id)
+            if stream is None:
+                continue
             if stream.idle_s() >= idle_s and not stream.busy and await self.manager.spill(stream):
                 expired.append(stream.stream_id)
                 if ownership is not None:
