@@ -1,5 +1,5 @@
 """Measurements: ``adapter-speed``, ``frozen-forward``, ``working-memory``, ``load-test``, ``scale``,
-``restore-start``."""
+``restore-start``, ``process-memory``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,17 @@ def register(commands: Any) -> None:
     add_out(restore, "restore-start")
     restore.set_defaults(run=run_restore_start)
 
+    process = add_command(
+        commands, "process-memory", "a server process' resident memory while streams outgrow its memory budget"
+    )
+    process.add_argument("--adapter", default="cotta", help="the default adapter of the streams (cotta: ~49 MiB each)")
+    process.add_argument("--streams", type=int, default=150, help="new streams, one request each")
+    process.add_argument("--budget", type=int, default=2 * 2**30, help="memory_budget_bytes (the Helm chart's)")
+    process.add_argument("--batch-size", type=int, default=16, help="images per request")
+    process.add_argument("--clients", type=int, default=4, help="concurrent connections")
+    add_out(process, "process-memory")
+    process.set_defaults(run=run_process_memory)
+
 
 def run_adapter_speed(args: argparse.Namespace) -> None:
     from adapters import create_source_model
@@ -151,3 +162,10 @@ def run_restore_start(args: argparse.Namespace) -> None:
 
     print(run(create_source_model(args.model), args.adapter, args.streams, args.repeats, args.out))
     wrote(args.out, "restore_start.json", "restore_start.md")
+
+
+def run_process_memory(args: argparse.Namespace) -> None:
+    from benchmarks.performance.process_memory import run_process_memory as run
+
+    print(run(args.adapter, args.streams, args.budget, args.batch_size, args.clients, args.out))
+    wrote(args.out, "process_memory.json", "process_memory.md", "process_memory.png")

@@ -19,7 +19,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_command_and_option_has_help() -> None:
     commands = subcommands()
-    assert len(commands) == 17
+    assert len(commands) == 18
     help_text = build_parser().format_help()
     assert all(name in help_text for name in commands)
     undocumented = [
