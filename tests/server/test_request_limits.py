@@ -237,13 +237,21 @@ def test_bodies_in_flight_are_bounded_and_a_request_beyond_is_shed_at_once() -> 
     )
     with running_server(settings) as url:
         address = urlparse(url)
-        holders = []
-        for _ in range(2):  # two uploads of 200 KiB, stalled after their head: 400 of 512 KiB held
+
+        def upload(declared: int, body: bytes) -> socket.socket:
             sock = socket.create_connection((address.hostname, address.port), timeout=10)
             sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
-            sock.sendall(f"Content-Length: {200 * 1024}\r\n\r\n".encode() + b'{"images": [')
-            holders.append(sock)
+            sock.sendall(f"Content-Length: {declared}\r\n\r\n".encode() + body)
+            return sock
+
+        silent = [upload(250 * 1024, b"") for _ in range(4)]  # declare 1000 KiB, send nothing: hold nothing
         time.sleep(0.3)
+        large = httpx.post(
+            f"{url}/v1/predict", content=b"x" * (LIMIT - 1), headers={"Content-Type": "application/json"}
+        )
+        assert large.status_code == 400 and large.json()["error"]["code"] != "overloaded", large.text  # not JSON
+        holders = [upload(250 * 1024, b'{"images": [' + b" " * (200 * 1024 - 12)) for _ in range(2)]
+        time.sleep(0.3)  # 400 of 512 KiB received and held
         shed = httpx.post(f"{url}/v1/predict", content=b"x" * (LIMIT - 1), headers={"Content-Type": "application/json"})
         assert shed.status_code == 503 and shed.headers["retry-after"] == "1", shed.text
         assert shed.json()["error"]["code"] == "overloaded" and "max_inflight_request_bytes" in shed.text
@@ -255,7 +263,7 @@ def test_bodies_in_flight_are_bounded_and_a_request_beyond_is_shed_at_once() -> 
         metrics = httpx.get(f"{url}/metrics").text
         assert "tta_refused_requests_overloaded_total 2.0" in metrics
         assert f"tta_request_body_in_flight_bytes {float(2 * 200 * 1024)}" in metrics
-        for sock in holders:
+        for sock in holders + silent:
             sock.close()
         time.sleep(0.3)
         again = httpx.post(f"{url}/v1/predict", files=small, timeout=60)

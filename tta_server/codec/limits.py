@@ -9,11 +9,13 @@ stalled every request for 0.7 s), take ``max_json_bytes``. A body that stalls fo
 graceful shutdown without bound.
 
 The bodies of all requests in flight together stay within ``InFlightBodies.limit`` bytes
-(``max_inflight_request_bytes``): a request's declared ``Content-Length`` is taken from it before
-the body is read (a chunked body's bytes as they arrive) and given back when its answer is sent.
-A request that does not fit now gets 503 ``overloaded`` with ``Retry-After`` at once: a burst of
-large uploads (or of retries after an outage) is shed instead of buffered until the process runs
-out of memory, while small requests keep passing.
+(``max_inflight_request_bytes``): each chunk is counted as the route reads it, and a request's
+bytes are given back when its answer is sent. A request whose declared ``Content-Length`` does not
+fit beside the bytes held now gets 503 ``overloaded`` with ``Retry-After`` at once, before its body
+is read; one whose chunks no longer fit gets it when they arrive. A burst of large uploads (or of
+retries after an outage) is shed instead of buffered until the process runs out of memory, while
+small requests keep passing. Only bytes received count, never a declared length: connections that
+declare large bodies and then send nothing hold no room.
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ class InFlightBodies:
     def __init__(self, limit: int | None) -> None:
         self.limit, self.held, self.refused = limit, 0, 0
 
-    def take(self, size: int) -> bool:
+    def fits(self, size: int) -> bool:
         if self.limit is not None and self.held + size > self.limit:
             self.refused += 1
+            return False
+        return True
+
+    def take(self, size: int) -> bool:
+        if not self.fits(size):
             return False
         self.held += size
         return True
@@ -87,14 +94,13 @@ class BodyLimitMiddleware:
                 await self._refuse(scope, send, 413, "request_too_large", message)
                 return
         in_flight = self.in_flight
-        held = int(declared) if declared is not None else 0  # a chunked body is taken as it arrives
-        if held and not in_flight.take(held):
-            await self._refuse(scope, send, 503, "overloaded", in_flight.message(held), RETRY_OVERLOADED)
+        if declared is not None and not in_flight.fits(int(declared)):  # clearly no room: before the body
+            await self._refuse(scope, send, 503, "overloaded", in_flight.message(int(declared)), RETRY_OVERLOADED)
             return
         received, complete = 0, False
 
         async def limited_receive() -> Message:
-            nonlocal received, complete, held
+            nonlocal received, complete
             if complete:  # after the body: waiting for a disconnect is not a stalled upload
                 return await receive()
             try:
@@ -103,20 +109,18 @@ class BodyLimitMiddleware:
                 raise ApiError(408, "request_timeout", f"no body data for {self.read_timeout_s} s") from None
             if message["type"] == "http.request":
                 chunk = len(message.get("body", b""))
-                received += chunk
                 complete = not message.get("more_body", False)
-                if received > limit:
+                if received + chunk > limit:
                     raise ApiError(413, "request_too_large", f"body exceeds {setting}={limit} on this route")
-                if declared is None and chunk:
-                    if not in_flight.take(chunk):
-                        raise ApiError(503, "overloaded", in_flight.message(chunk), RETRY_OVERLOADED)
-                    held += chunk
+                if chunk and not in_flight.take(chunk):
+                    raise ApiError(503, "overloaded", in_flight.message(chunk), RETRY_OVERLOADED)
+                received += chunk
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         finally:
-            in_flight.give_back(held)
+            in_flight.give_back(received)
 
     async def _refuse(
         self, scope: Scope, send: Send, status: int, code: str, message: str, extra: dict[str, str] | None = None
