@@ -370,3 +370,36 @@ def test_streams_restored_beyond_the_total_are_kept_and_wake(tmp_path: Path, tin
             manager.close()
 
     asyncio.run(main())
+
+
+def test_making_room_frees_each_spilled_stream_before_writing_the_next(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """Room is made by spilling several streams one after another; each must leave memory when it
+    is written, not when the last one is (the budget already counts it gone)."""
+    import gc
+    import weakref
+
+    async def main() -> None:
+        options = StreamOptions(default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=2**30)
+        manager = StreamManager(tiny_source, options, SnapshotStore(tmp_path))
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+            first = weakref.ref(manager.streams["a"].online)  # least recently used: spilled first
+            seen: list[bool] = []
+            write = manager.write_snapshot
+
+            def write_then_look(stream: Any) -> Path:
+                if stream.stream_id == "b":
+                    gc.collect()
+                    seen.append(first() is not None)
+                return write(stream)
+
+            manager.write_snapshot = write_then_look  # type: ignore[method-assign]
+            await manager.make_room(keep=None, extra_bytes=2**30)  # room for everything: both go
+            assert manager.streams == {} and seen == [False], "a spilled stream stayed alive while the next was written"
+        finally:
+            manager.close()
+
+    asyncio.run(main())

@@ -63,11 +63,15 @@ class Residency(Claims):
         if not self.budget.enabled:
             return
         idle = sorted((s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.used_at)
-        for stream in idle:
+        order = [s.stream_id for s in idle]  # ids: each spilled stream is freed before the next is written
+        del idle
+        for stream_id in order:
             if self.fits(extra_bytes):
                 break
-            if self._spillable(stream):  # it may have got work while an earlier one was written
+            stream = self.streams.get(stream_id)
+            if stream is not None and self._spillable(stream):  # it may have got work while another was written
                 await self._spill(stream)
+            del stream
         self.budget.check(self.state_total(), extra_bytes)
 
     def _spillable(self, stream: Stream) -> bool:
