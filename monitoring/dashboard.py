@@ -52,7 +52,9 @@ PANELS: list[tuple[str, str, list[tuple[str, str]], str]] = [
         (f"sum(tta_state_bytes{{{SEL}}})", "stream states"),
         (f"sum(tta_memory_in_flight_bytes{{{SEL}}})", "running steps"),
         (f"sum(tta_memory_budget_bytes{{{SEL}}})", "budget"),
-    ], "stream states plus reserved working memory against memory_budget_bytes"),
+        (f"sum(tta_request_body_in_flight_bytes{{{SEL}}})", "request bodies"),
+    ], "stream states plus reserved working memory against memory_budget_bytes; request bodies in flight "
+       "(bounded by max_inflight_request_bytes)"),
     ("Agreement with the source model", "percentunit", [(mean_of("tta_batch_source_agreement_ratio"), "{{adapter}}")],
      "falling: adapted predictions drift from the frozen source model (error accumulation)"),
     ("Estimated accuracy (ATC)", "percentunit", [
