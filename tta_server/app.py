@@ -143,6 +143,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             else:  # nothing to check, or checking is off: say so rather than "not finished" forever
                 persistence.verification.enabled = settings.verify_restored_snapshots
                 persistence.verification.finished = True
+            if settings.verify_snapshots_interval_s > 0:
+                scrub = run_forever("snapshot check", settings.verify_snapshots_interval_s, persistence.verify_spilled)
+                tasks.append(asyncio.create_task(scrub))
             if settings.snapshot_interval_s > 0:
                 tasks.append(
                     asyncio.create_task(

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="with snapshot_dir: after start, verify every restored snapshot in full in the background, "
         "one file at a time, so a file damaged inside is quarantined and counted before a request wakes it",
     )
+    verify_snapshots_interval_s: float = Field(
+        0.0,
+        ge=0,
+        description="with snapshot_dir: verify every spilled stream's snapshot in full again this often (0: off), "
+        "so a file damaged after it was written is found before its stream wakes; one read of each file per pass",
+    )
     replica_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$",

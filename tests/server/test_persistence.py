@@ -681,3 +681,33 @@ def test_a_stream_spilled_while_a_snapshot_pass_runs_is_freed_at_once(tmp_path: 
             manager.close()
 
     asyncio.run(main())
+
+
+def test_a_snapshot_damaged_after_it_was_written_is_found_by_the_next_pass(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """verify_snapshots_interval_s: spilled streams' files are checked again, not only the ones
+    restored at start; a pass does not start while another runs."""
+
+    async def main() -> None:
+        manager, persistence = manager_with_store(tiny_source, tmp_path)
+        try:
+            persistence.verification.finished = True  # nothing restored at start
+            for name in ("sound", "damaged", "resident"):
+                await manager.step(name, image_batch(4))
+            for name in ("sound", "damaged"):
+                assert await manager.spill(manager.streams[name])
+            damage_inside(persistence.store.path("damaged"))  # bit rot after this process wrote it
+            assert await persistence.verify_spilled()
+            progress = persistence.report()["verification"]
+            assert progress == {**progress, "total": 2, "verified": 1, "quarantined": 1, "finished": True, "passes": 1}
+            assert manager.spilled == {"sound"} and not persistence.store.exists("damaged")
+            with pytest.raises(UnknownStreamError):
+                await manager.get("damaged")
+            assert (await manager.step("sound", image_batch(4, 1))).steps == 2  # the sound one wakes
+            persistence.verification.finished = False  # a pass still running
+            assert not await persistence.verify_spilled() and persistence.verification.passes == 1
+        finally:
+            manager.close()
+
+    asyncio.run(main())

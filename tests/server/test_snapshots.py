@@ -82,6 +82,7 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
             "skipped": 0,
             "finished": True,
             "seconds": 0,
+            "passes": 0,
         }
         woken = client.get("/v1/streams/rotten")
         assert woken.status_code == 409 and woken.json()["error"]["code"] == "snapshot_damaged"
@@ -103,6 +104,7 @@ def test_a_snapshot_damaged_inside_is_found_after_start_not_by_the_request_that_
             "skipped": 0,
             "finished": True,
             "seconds": 0,
+            "passes": 0,
         }
         assert report["quarantined"] == 1 and "checksum mismatch" in report["quarantined_files"][0]["reason"]
         assert client.get("/v1/streams/rotten").status_code == 404  # forgotten: no request had to find it
@@ -169,3 +171,22 @@ def test_a_sigkilled_server_restarts_with_its_periodic_snapshots(tmp_path: Path)
     finally:
         process.terminate()
         process.wait()
+
+
+def test_the_periodic_check_finds_a_file_damaged_while_the_server_runs(tmp_path: Path) -> None:
+    import time
+
+    periodic = settings(tmp_path).model_copy(update={"idle_timeout_s": 0.2, "verify_snapshots_interval_s": 0.2})
+    with running_server(periodic) as url, httpx.Client(base_url=url, timeout=60) as client:
+        predict(client, "rotting", 1)
+        deadline = time.monotonic() + 30
+        while client.get("/v1/memory").json()["streams_spilled"] != 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # idle expiry spills it
+        damage_inside(tmp_path / file_name("rotting"))
+        while (report := client.get("/v1/persistence").json())["quarantined"] != 1:
+            assert time.monotonic() < deadline, report
+            time.sleep(0.05)
+        assert report["verification"]["passes"] >= 1 and "checksum mismatch" in report["quarantined_files"][0]["reason"]
+        assert client.get("/v1/streams/rotting").status_code == 404  # forgotten, as a wake would
+        assert "tta_quarantined_snapshots 1.0" in client.get("/metrics").text

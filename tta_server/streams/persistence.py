@@ -116,6 +116,16 @@ class Persistence:
         (:mod:`tta_server.streams.verification`)."""
         await verify_restored(self.manager, self.store, stream_ids, self.verification)
 
+    async def verify_spilled(self) -> bool:
+        """Verify again every snapshot whose stream is spilled now (``verify_snapshots_interval_s``);
+        False, doing nothing, while an earlier pass still runs. ``verification`` reports this pass."""
+        if not self.verification.finished:
+            return False
+        passes = self.verification.passes
+        self.verification = VerificationProgress(passes=passes + 1)
+        await verify_restored(self.manager, self.store, sorted(self.manager.spilled), self.verification)
+        return True
+
     async def snapshot_changed(self) -> tuple[int, int]:
         """Snapshot every stream that changed since its last snapshot; returns (written, failed)."""
         written = failed = 0

@@ -1,4 +1,5 @@
-"""The background check after start: every restored snapshot verified in full, before a request finds it.
+"""The background check after start: every restored snapshot verified in full, before a request finds it;
+and, with ``verify_snapshots_interval_s``, the same check again over every spilled stream's file.
 
 Start-up reads headers only (fast over a large store); without this pass a file damaged inside
 (bit rot, a torn copy) would be found only when its stream wakes, perhaps days later, by the
@@ -35,6 +36,7 @@ class VerificationProgress:
     skipped: int = 0  # woken, spilled again or deleted while the pass ran: judged by that
     finished: bool = False
     seconds: float = 0.0
+    passes: int = 0  # later passes over the spilled streams (verify_snapshots_interval_s)
 
     def report(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,7 +70,7 @@ async def verify_restored(
                 progress.skipped += 1
     progress.finished, progress.seconds = True, time.perf_counter() - started
     logger.info(
-        "snapshot check: %d restored snapshot(s) sound, %d damaged and quarantined, %d skipped, in %.1f s",
+        "snapshot check: %d snapshot(s) sound, %d damaged and quarantined, %d skipped, in %.1f s",
         progress.verified,
         progress.quarantined,
         progress.skipped,
