@@ -1,4 +1,4 @@
-"""The adapter interface and its registry.
+"""The adapter interface (the registry of adapters by name: :mod:`adapters.adapter_registry`).
 
 An adapter wraps a shared, frozen :class:`SourceModel` for ONE stream and keeps only what
 differs from the source (moved parameters, optimizer state, EMA copies). Lifecycle::
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,7 +29,6 @@ from adapters.blocks.prototypes import FeatureCapture
 from adapters.blocks.state import load_role_tensors, role_tensors
 from adapters.errors import AdapterError, InputError
 from adapters.precision import Precision, Resolved, compute_precision, resolve_precision
-from adapters.registry import Registry
 from adapters.source_model import NormalizedModel, SourceModel
 
 STATE_FORMAT = 1
@@ -255,9 +254,6 @@ class Adapter(ABC):
         }
 
 
-A = TypeVar("A", bound=type[Adapter])
-
-
 class RoleStateAdapter(Adapter):
     """An adapter whose per-stream state is lists of parameters by role (student, teacher, meta
     networks, ...) plus one optimizer, and whose diagnostics are the last step's ``_signals``."""
@@ -277,29 +273,3 @@ class RoleStateAdapter(Adapter):
 
     def _diagnostics(self) -> dict[str, float]:
         return dict(self._signals)
-
-
-ADAPTERS: Registry[type[Adapter]] = Registry("adapter")
-
-
-def register_adapter(name: str) -> Any:
-    """Class decorator: ``@register_adapter("tent")`` sets ``name`` and registers the class."""
-
-    def decorator(cls: A) -> A:
-        cls.name = name
-        ADAPTERS.register(name)(cls)
-        return cls
-
-    return decorator
-
-
-def list_adapters(pattern: str = "*") -> list[str]:
-    return ADAPTERS.names(pattern)
-
-
-def get_adapter_class(name: str) -> type[Adapter]:
-    return ADAPTERS.get(name)
-
-
-def create_adapter(name: str, source: SourceModel, config: AdapterConfig | dict[str, Any] | None = None) -> Adapter:
-    return ADAPTERS.get(name)(source, config)

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from adapters.base import Adapter, create_adapter
+from adapters.adapter_registry import create_adapter
+from adapters.base import Adapter
 from adapters.source_model import SourceModel
 
 CALIBRATION_SIZES = (8, 256)

@@ -18,7 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from adapters.base import ADAPTERS, Adapter
+from adapters.adapter_registry import ADAPTERS
+from adapters.base import Adapter
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 

@@ -8,7 +8,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
+from adapters.adapter_registry import register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.adapter_registry import register_adapter
+from adapters.base import Adapter, AdapterConfig
 from adapters.blocks import replace_modules, shared_view, use_test_batch_statistics
 
 

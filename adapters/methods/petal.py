@@ -10,8 +10,9 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from adapters.adapter_registry import register_adapter
 from adapters.artefacts import SourceData, register_artefact
-from adapters.base import AdapterConfig, RoleStateAdapter, register_adapter
+from adapters.base import AdapterConfig, RoleStateAdapter
 from adapters.blocks import (
     AugmentConfig,
     OptimizerConfig,

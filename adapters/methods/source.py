@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor
 
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.adapter_registry import register_adapter
+from adapters.base import Adapter, AdapterConfig
 from adapters.frozen import get_frozen_forward
 from adapters.precision import Resolved
 

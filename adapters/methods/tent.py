@@ -7,7 +7,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from adapters.base import Adapter, AdapterConfig, register_adapter
+from adapters.adapter_registry import register_adapter
+from adapters.base import Adapter, AdapterConfig
 from adapters.blocks import (
     OptimizerConfig,
     entropy,

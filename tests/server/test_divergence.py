@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from adapters.base import ADAPTERS, register_adapter
+from adapters.adapter_registry import ADAPTERS, register_adapter
 from adapters.methods.tent import TentAdapter
 from tests.helpers import png
 from tests.server_harness import running_server
