@@ -32,7 +32,8 @@ from benchmarks.reporting.results import write_result
 GIB = 2**30
 
 
-def _rss_bytes(pid: int, key: str = "VmRSS") -> int:
+def resident_bytes(pid: int, key: str = "VmRSS") -> int:
+    """A process' resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc``."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key):
             return int(line.split()[1]) * 1024
@@ -89,7 +90,7 @@ def run_process_memory(
     codes: dict[int, int] = {}
     try:
         _wait_ready(url, process)
-        start_rss = _rss_bytes(process.pid)
+        start_rss = resident_bytes(process.pid)
         ids = [f"cam-{i}" for i in range(streams)]
         progress = tqdm(total=streams, desc=f"{adapter}: {streams} streams", unit="stream")
         lock = threading.Lock()
@@ -116,7 +117,7 @@ def run_process_memory(
                     timeline.append(
                         {
                             "seconds": round(time.monotonic() - started, 2),
-                            "rss_bytes": _rss_bytes(process.pid),
+                            "rss_bytes": resident_bytes(process.pid),
                             "state_bytes": memory["state_bytes"],
                             "in_flight_bytes": memory["in_flight_bytes"],
                             "streams_in_memory": memory["streams_in_memory"],
@@ -135,7 +136,7 @@ def run_process_memory(
         finished.set()
         sampler.join()
         progress.close()
-        peak_rss, end_rss = _rss_bytes(process.pid, "VmHWM"), _rss_bytes(process.pid)
+        peak_rss, end_rss = resident_bytes(process.pid, "VmHWM"), resident_bytes(process.pid)
     finally:
         process.terminate()
         process.wait(timeout=120)

@@ -166,6 +166,7 @@ def test_labels_for_a_prediction_answered_as_its_stream_was_deleted_are_refused(
         slow = threading.Thread(target=post_later, args=(url, "gone", images(128, 1), 0.0, answered, 0))
         slow.start()  # a step of some seconds; the delete below waits for it
         time.sleep(0.5)
+        assert slow.is_alive(), "the step ended before the delete: the test would not race them"
         assert httpx.delete(f"{url}/v1/streams/gone", timeout=60).status_code == 204
         slow.join()
         assert answered[0]["step"] == 2, "the prediction must have run on the deleted stream, before the delete"

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import platform
-from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.performance.process_memory import resident_bytes
 from tta_server.streams.native_memory import FreedMemory
 
 
 def _rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    return resident_bytes(os.getpid())
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")

@@ -39,10 +39,7 @@ class InFlightBodies:
         self.limit, self.held, self.refused = limit, 0, 0
 
     def fits(self, size: int) -> bool:
-        if self.limit is not None and self.held + size > self.limit:
-            self.refused += 1
-            return False
-        return True
+        return self.limit is None or self.held + size <= self.limit
 
     def take(self, size: int) -> bool:
         if not self.fits(size):
@@ -50,14 +47,17 @@ class InFlightBodies:
         self.held += size
         return True
 
-    def give_back(self, size: int) -> None:
-        self.held -= size
-
-    def message(self, size: int) -> str:
-        return (
+    def refuse(self, size: int) -> ApiError:
+        """The 503 for a request that does not fit, counted."""
+        self.refused += 1
+        message = (
             f"overloaded: the requests in flight hold {self.held} B of bodies and this one needs {size} B more, "
             f"beyond max_inflight_request_bytes={self.limit}; retry shortly"
         )
+        return ApiError(503, "overloaded", message, RETRY_OVERLOADED)
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
 
 
 class BodyLimitMiddleware:
@@ -95,7 +95,8 @@ class BodyLimitMiddleware:
                 return
         in_flight = self.in_flight
         if declared is not None and not in_flight.fits(int(declared)):  # clearly no room: before the body
-            await self._refuse(scope, send, 503, "overloaded", in_flight.message(int(declared)), RETRY_OVERLOADED)
+            refused = in_flight.refuse(int(declared))
+            await self._refuse(scope, send, refused.status, refused.code, refused.message, refused.headers)
             return
         received, complete = 0, False
 
@@ -113,7 +114,7 @@ class BodyLimitMiddleware:
                 if received + chunk > limit:
                     raise ApiError(413, "request_too_large", f"body exceeds {setting}={limit} on this route")
                 if chunk and not in_flight.take(chunk):
-                    raise ApiError(503, "overloaded", in_flight.message(chunk), RETRY_OVERLOADED)
+                    raise in_flight.refuse(chunk)
                 received += chunk
             return message
 
