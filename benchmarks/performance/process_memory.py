@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,7 @@ def run_process_memory(
     finally:
         process.terminate()
         process.wait(timeout=120)
+        shutil.rmtree(store, ignore_errors=True)  # the spilled streams: gigabytes with the default settings
     budgeted = max(t["state_bytes"] + t["in_flight_bytes"] for t in timeline)
     overhead = max(t["rss_bytes"] - start_rss - t["state_bytes"] - t["in_flight_bytes"] for t in timeline)
     result: dict[str, Any] = {
