@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 import httpx
 import yaml
+
+from benchmarks.performance.processes import free_port, stop_process
 
 # the rules and the dashboard live in the Helm chart, which embeds these very files
 CHART_FILES = Path(__file__).resolve().parent.parent / "helm" / "tta-server" / "files"
@@ -27,17 +28,11 @@ def available() -> bool:
     return shutil.which("prometheus") is not None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_prometheus(target: str, interval_s: float = 1.0) -> Iterator[str]:
     """Prometheus scraping ``target`` (host:port) every ``interval_s`` with the alert rules loaded;
     yields its base URL."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="tta-prometheus-") as tmp:
         every = f"{round(interval_s * 1000)}ms"  # Prometheus durations take no decimals
         config = {
@@ -65,8 +60,7 @@ def running_prometheus(target: str, interval_s: float = 1.0) -> Iterator[str]:
                 time.sleep(0.2)
             yield url
         finally:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_process(process, grace_s=30)
 
 
 def dashboard_expression(expression: str, rate: str = "30s") -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,14 +9,9 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from benchmarks.performance.processes import free_port
 from tta_server import Settings, create_app
 from tta_server.http_protocol import head_deadline_protocol
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

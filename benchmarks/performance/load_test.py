@@ -11,7 +11,6 @@ Writes ``load_test.json`` and ``.md``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import sys
 import threading
@@ -23,18 +22,13 @@ import numpy as np
 import torch
 
 from adapters import create_adapter, create_source_model
+from benchmarks.performance.processes import free_port
 from benchmarks.reporting.results import write_result
 
 
 def _images(streams: int, batches: int, batch_size: int) -> np.ndarray:
     coarse = np.random.default_rng(0).integers(0, 256, (streams, batches, batch_size, 4, 4, 3), dtype=np.uint8)
     return coarse.repeat(8, axis=3).repeat(8, axis=4)  # smooth, image-like 32x32
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _client(url: str, images: np.ndarray) -> tuple[float, list[float]]:
@@ -65,7 +59,7 @@ def _server_run(adapter: str, images: np.ndarray, workers: int) -> tuple[float, 
     from tta_server import Settings, create_app
 
     settings = Settings(default_adapter=adapter, min_adapt_batch=16, workers=workers, max_images_per_request=1024)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -27,18 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.performance.load_test import _free_port
+from benchmarks.performance.processes import free_port, resident_bytes, stop_process
 from benchmarks.reporting.results import write_result
 
 GIB = 2**30
-
-
-def resident_bytes(pid: int, key: str = "VmRSS") -> int:
-    """A process' resident memory now (``VmRSS``) or at its peak (``VmHWM``), from ``/proc``."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {key} for process {pid}")
 
 
 def _png_files(rng: np.random.Generator, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -74,7 +66,7 @@ def run_process_memory(
     import httpx
     from tqdm.auto import tqdm
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     store = tempfile.mkdtemp(prefix="tta-process-memory-")
     env = {
@@ -139,8 +131,7 @@ def run_process_memory(
         progress.close()
         peak_rss, end_rss = resident_bytes(process.pid, "VmHWM"), resident_bytes(process.pid)
     finally:
-        process.terminate()
-        process.wait(timeout=120)
+        stop_process(process, grace_s=120)  # killed if its shutdown hangs, so the store can go
         shutil.rmtree(store, ignore_errors=True)  # the spilled streams: gigabytes with the default settings
     budgeted = max(t["state_bytes"] + t["in_flight_bytes"] for t in timeline)
     overhead = max(t["rss_bytes"] - start_rss - t["state_bytes"] - t["in_flight_bytes"] for t in timeline)

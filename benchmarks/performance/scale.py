@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from adapters import create_adapter, create_source_model
 from adapters.memory import measure_working_memory
-from benchmarks.performance.load_test import _free_port, _images
+from benchmarks.performance.load_test import _images
+from benchmarks.performance.processes import free_port
 from benchmarks.reporting.results import write_result
 
 
@@ -113,7 +114,7 @@ def run_point(adapter: str, streams: int, requests: int, batch_size: int, client
             max_streams=max(1024, streams),
             snapshot_interval_s=0,
         )
-        port = _free_port()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()

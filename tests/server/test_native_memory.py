@@ -8,7 +8,7 @@ import platform
 import pytest
 import torch
 
-from benchmarks.performance.process_memory import resident_bytes
+from benchmarks.performance.processes import resident_bytes
 from tta_server.streams.native_memory import FreedMemory
 
 
