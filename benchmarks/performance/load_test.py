@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 
 from adapters import create_adapter, create_source_model
-from benchmarks.performance.processes import free_port
+from benchmarks.performance.local_server import running_server
 from benchmarks.reporting.results import write_result
 
 
@@ -54,22 +53,11 @@ async def _client(url: str, images: np.ndarray) -> tuple[float, list[float]]:
 
 
 def _server_run(adapter: str, images: np.ndarray, workers: int) -> tuple[float, list[float]]:
-    import uvicorn
-
-    from tta_server import Settings, create_app
+    from tta_server import Settings
 
     settings = Settings(default_adapter=adapter, min_adapt_batch=16, workers=workers, max_images_per_request=1024)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        return asyncio.run(_client(f"http://127.0.0.1:{port}", images))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with running_server(settings, stop_timeout_s=60) as url:
+        return asyncio.run(_client(url, images))
 
 
 def _in_process(adapter: str, images: np.ndarray) -> float:

@@ -19,7 +19,6 @@ import resource
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from tqdm.auto import tqdm
 from adapters import create_adapter, create_source_model
 from adapters.memory import measure_working_memory
 from benchmarks.performance.load_test import _images
-from benchmarks.performance.processes import free_port
+from benchmarks.performance.local_server import running_server
 from benchmarks.reporting.results import write_result
 
 
@@ -94,9 +93,8 @@ async def _drive(
 
 def run_point(adapter: str, streams: int, requests: int, batch_size: int, clients: int) -> dict[str, Any]:
     import httpx
-    import uvicorn
 
-    from tta_server import Settings, create_app
+    from tta_server import Settings
 
     source = create_source_model()
     probe = create_adapter(adapter, source)
@@ -114,19 +112,9 @@ def run_point(adapter: str, streams: int, requests: int, batch_size: int, client
             max_streams=max(1024, streams),
             snapshot_interval_s=0,
         )
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}"
-        try:
+        with running_server(settings, stop_timeout_s=120) as url:
             seconds, latencies, probes = asyncio.run(_drive(url, images, streams, requests, clients))
             metrics = _metric_sums(httpx.get(f"{url}/metrics").text)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=120)
         disk = sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
     ms = sorted(1000 * t for t in latencies)
 
