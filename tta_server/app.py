@@ -209,6 +209,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         max_json_bytes=settings.max_json_request_bytes,
         large_body=takes_large_bodies,
         read_timeout_s=settings.request_read_timeout_s,
+        body_timeout_s=settings.request_body_timeout_s,
         error_body=error_body,
         in_flight=in_flight,
     )

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
         "does not fit now is shed with 503 overloaded and Retry-After, not buffered until memory runs out",
     )
     request_read_timeout_s: float = Field(30.0, gt=0, description="a body stalling this long between chunks: 408")
+    request_body_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="a whole body taking longer than this: 408 (a largest request needs about 110 KB/s); bounds "
+        "how long a trickling upload holds max_inflight_request_bytes",
+    )
     request_head_timeout_s: float = Field(
         30.0, gt=0, description="a request line and headers taking longer than this: 408 and the connection closed"
     )

@@ -273,3 +273,42 @@ def test_bodies_in_flight_are_bounded_and_a_request_beyond_is_shed_at_once() -> 
 def test_an_inflight_bound_below_the_largest_request_is_refused() -> None:
     with pytest.raises(ValueError, match="could never be admitted"):
         Settings(max_request_bytes=LIMIT, max_inflight_request_bytes=LIMIT - 1)
+
+
+def test_a_trickling_upload_cannot_hold_its_room_past_the_body_deadline() -> None:
+    """Most of a large body sent at once, then a byte at a time, each within the read timeout: cut
+    at the whole-body deadline, and the bytes it held are free for other uploads again."""
+    settings = Settings(
+        default_adapter="norm",
+        max_request_bytes=LIMIT,
+        max_inflight_request_bytes=LIMIT,
+        request_read_timeout_s=1.5,
+        request_body_timeout_s=2.0,
+        min_adapt_batch=4,
+    )
+    with running_server(settings) as url:
+        address = urlparse(url)
+        sock = socket.create_connection((address.hostname, address.port), timeout=10)
+        sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(f"Content-Length: {LIMIT}\r\n\r\n".encode() + b'{"images": [' + b" " * (200 * 1024))
+        time.sleep(0.3)
+        shed = httpx.post(
+            f"{url}/v1/predict", content=b" " * (LIMIT // 2), headers={"Content-Type": "application/json"}
+        )
+        assert shed.status_code == 503, shed.text  # the trickler holds 200 KiB of the 256
+        started, answer = time.monotonic(), b""
+        sock.setblocking(False)
+        while not answer and time.monotonic() - started < 10:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                sock.sendall(b" ")  # a byte every 0.5 s: never stalls for the read timeout
+            time.sleep(0.5)
+            with contextlib.suppress(BlockingIOError):
+                answer = sock.recv(65536)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"not complete within 2.0 s" in answer, answer
+        assert time.monotonic() - started < 4
+        assert "tta_request_body_in_flight_bytes 0.0" in httpx.get(f"{url}/metrics").text
+        again = httpx.post(
+            f"{url}/v1/predict", content=b" " * (LIMIT // 2), headers={"Content-Type": "application/json"}
+        )
+        assert again.status_code == 400 and again.json()["error"]["code"] != "overloaded", again.text

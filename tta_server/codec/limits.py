@@ -6,7 +6,10 @@ limit (plus one chunk). Image and tensor routes (``large_body(path)``) may take 
 others, whose JSON bodies are parsed on the event loop (about 25 ms per MiB: a 29 MiB feedback body
 stalled every request for 0.7 s), take ``max_json_bytes``. A body that stalls for
 ``read_timeout_s`` between chunks is refused with 408, so a slow upload cannot hold a worker or a
-graceful shutdown without bound.
+graceful shutdown without bound; so is one not complete ``body_timeout_s`` after its request began,
+so a client that uploads most of a large body quickly and then trickles a byte now and then cannot
+keep those bytes in flight (below) for ever: holding the room takes uploading it again every
+``body_timeout_s``.
 
 The bodies of all requests in flight together stay within ``InFlightBodies.limit`` bytes
 (``max_inflight_request_bytes``): each chunk is counted as the route reads it, and a request's
@@ -70,8 +73,10 @@ class BodyLimitMiddleware:
         max_json_bytes: int | None = None,
         large_body: Callable[[str], bool] = lambda path: True,
         in_flight: InFlightBodies | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.app, self.max_bytes, self.read_timeout_s, self.error_body = app, max_bytes, read_timeout_s, error_body
+        self.body_timeout_s = body_timeout_s
         self.max_json_bytes = max_bytes if max_json_bytes is None else min(max_json_bytes, max_bytes)
         self.large_body = large_body
         self.in_flight = in_flight or InFlightBodies(None)
@@ -99,15 +104,20 @@ class BodyLimitMiddleware:
             await self._refuse(scope, send, refused.status, refused.code, refused.message, refused.headers)
             return
         received, complete = 0, False
+        loop = asyncio.get_running_loop()
+        deadline = None if self.body_timeout_s is None else loop.time() + self.body_timeout_s
 
         async def limited_receive() -> Message:
             nonlocal received, complete
             if complete:  # after the body: waiting for a disconnect is not a stalled upload
                 return await receive()
+            wait, stalled = self.read_timeout_s, f"no body data for {self.read_timeout_s} s"
+            if deadline is not None and deadline - loop.time() < wait:
+                wait, stalled = max(0.0, deadline - loop.time()), f"body not complete within {self.body_timeout_s} s"
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                message = await asyncio.wait_for(receive(), wait)
             except TimeoutError:
-                raise ApiError(408, "request_timeout", f"no body data for {self.read_timeout_s} s") from None
+                raise ApiError(408, "request_timeout", stalled) from None
             if message["type"] == "http.request":
                 chunk = len(message.get("body", b""))
                 complete = not message.get("more_body", False)
