@@ -238,6 +238,31 @@ def test_an_unwritable_stream_does_not_block_spilling_the_others(tmp_path: Path,
     asyncio.run(main())
 
 
+def test_a_budget_refusal_names_the_store_when_idle_streams_could_not_be_written(
+    tmp_path: Path, tiny_source: SourceModel
+) -> None:
+    """A full or read-only snapshot store: the 503 says the idle streams could not be written, not
+    that no stream was idle (which would send an operator after the wrong cause)."""
+
+    async def main() -> None:
+        manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), SnapshotStore(tmp_path))
+        try:
+            for name in ("a", "b"):
+                await manager.step(name, image_batch(4))
+                manager.store.path(name).mkdir()  # type: ignore[union-attr]  # its snapshot cannot be written
+            manager.budget.budget_bytes = manager.streams["a"].online.state_bytes()
+            with pytest.raises(MemoryBudgetError, match=r"2 idle stream\(s\) could not be written to the snapshot"):
+                await manager.make_room(keep=None, extra_bytes=1)
+            assert set(manager.streams) == {"a", "b"} and manager.counters["spill_failures"] == 2
+            manager.streams.pop("b")  # nothing idle left to try: the usual reason
+            with pytest.raises(MemoryBudgetError, match="no idle stream is left to spill"):
+                await manager.make_room(keep="a", extra_bytes=manager.budget.budget_bytes)
+        finally:
+            manager.close()
+
+    asyncio.run(main())
+
+
 def test_a_spilled_stream_whose_snapshot_cannot_be_deleted_is_kept(tmp_path: Path, tiny_source: SourceModel) -> None:
     async def main() -> None:
         manager, persistence = manager_with_store(tiny_source, tmp_path)

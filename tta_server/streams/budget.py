@@ -46,12 +46,13 @@ class MemoryBudget:
     def enabled(self) -> bool:
         return self.budget_bytes is not None
 
-    def check(self, used_bytes: int, extra_bytes: int) -> None:
-        """Raise if ``used_bytes`` (stream states) plus ``extra_bytes`` exceed the budget."""
+    def check(self, used_bytes: int, extra_bytes: int, why: str = "no idle stream is left to spill") -> None:
+        """Raise if ``used_bytes`` (stream states) plus ``extra_bytes`` exceed the budget; ``why``
+        says why spilling did not make room."""
         if self.budget_bytes is not None and used_bytes + extra_bytes > self.budget_bytes:
             raise MemoryBudgetError(
                 f"memory_budget_bytes={self.budget_bytes} reached: stream states {used_bytes} B + working "
-                f"memory and new state {extra_bytes} B, and no idle stream is left to spill"
+                f"memory and new state {extra_bytes} B, and {why}"
             )
 
     def bytes_for(self, adapter: Adapter, images: int) -> int:

@@ -65,14 +65,18 @@ class Residency(Claims):
         idle = sorted((s for s in self.streams.values() if s.stream_id != keep and not s.busy), key=lambda s: s.used_at)
         order = [s.stream_id for s in idle]  # ids: each spilled stream is freed before the next is written
         del idle
+        unwritten = 0
         for stream_id in order:
             if self.fits(extra_bytes):
                 break
             stream = self.streams.get(stream_id)
             if stream is not None and self._spillable(stream):  # it may have got work while another was written
-                await self._spill(stream)
+                unwritten += not await self._spill(stream)
             del stream
-        self.budget.check(self.state_total(), extra_bytes)
+        why = "no idle stream is left to spill"
+        if unwritten:  # a full or read-only store: say so, not that nothing was idle
+            why = f"{unwritten} idle stream(s) could not be written to the snapshot store (GET /v1/persistence)"
+        self.budget.check(self.state_total(), extra_bytes, why)
 
     def _spillable(self, stream: Stream) -> bool:
         return not stream.busy and self.streams.get(stream.stream_id) is stream
