@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import shutil
 import threading
 import time
@@ -183,6 +184,32 @@ def test_readiness_turns_false_while_snapshots_keep_failing(tmp_path: Path) -> N
             time.sleep(0.05)
         assert client.get("/health/ready").status_code == 200  # recovered on its own
     assert SnapshotStore(directory).read("cam")["steps"] == 2
+
+
+def test_a_store_that_refuses_writes_is_reported_before_any_stream_needs_it(tmp_path: Path) -> None:
+    """No streams yet, and the volume is missing (a file where the directory should be): the
+    snapshot pass's write probe fails, so /v1/persistence and readiness say so, and both recover
+    once the volume is there."""
+    directory = tmp_path / "volume"
+    directory.write_text("not mounted")
+    settings = Settings(
+        default_adapter="norm", snapshot_dir=directory, snapshot_interval_s=0.1, persistence_failure_grace_s=0.3
+    )
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/health/ready").status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health/ready").json()["status"] == "persistence_failing"
+        report = client.get("/v1/persistence").json()
+        assert not report["healthy"] and "write probe of the snapshot store" in report["last_error"], report
+        failures = re.search(r"^tta_snapshot_failures_total (\S+)$", client.get("/metrics").text, re.MULTILINE)
+        assert failures and float(failures.group(1)) >= 1
+        directory.unlink()
+        deadline = time.monotonic() + 10
+        while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.get("/health/ready").status_code == 200 and client.get("/v1/persistence").json()["healthy"]
+    assert directory.is_dir() and not list(directory.iterdir())  # the probe leaves nothing behind
 
 
 def test_a_deleted_stream_stays_deleted_after_a_restart(tmp_path: Path) -> None:

@@ -144,9 +144,26 @@ class Persistence:
             except Exception as exc:  # an unwritable file or directory, a full disk, ...
                 self._failed(stream_id, "snapshot", exc)
                 failed += 1
+        if not written and not failed:  # nothing changed: check that the store still takes writes
+            try:
+                await asyncio.to_thread(self.store.probe)
+            except OSError as exc:
+                self._store_refuses(exc)
+                return written, 1
         if not failed:
+            if self.failing_since is not None and not written:
+                logger.info("the snapshot store %s takes writes again", self.store.directory)
             self.failing_since, self._failing_since_monotonic, self.last_success_at = None, None, time.time()
         return written, failed
+
+    def _store_refuses(self, exc: OSError) -> None:
+        """A pass with nothing to write found the store refusing a probe write: a missing,
+        read-only or full volume counts as failing before any stream needs it."""
+        self.manager.counters["snapshot_failures"] += 1
+        self.last_error = f"write probe of the snapshot store: {exc}"
+        if self.failing_since is None:
+            self.failing_since, self._failing_since_monotonic = time.time(), time.monotonic()
+            logger.error("the snapshot store %s refuses writes: %s", self.store.directory, exc)
 
     async def snapshot_all(self, timeout_s: float) -> dict[str, str]:
         """At shutdown: snapshot every changed stream within ``timeout_s``; returns the failures."""

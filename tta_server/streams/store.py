@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,6 +71,19 @@ class SnapshotStore:
 
     def path(self, stream_id: str) -> Path:
         return self.directory / file_name(validate_stream_id(stream_id))
+
+    def probe(self) -> None:
+        """Write, sync and remove a small file (named per call: replicas may share the store);
+        raises ``OSError`` when the store refuses writes (missing, read-only or full volume)."""
+        self.directory.mkdir(parents=True, exist_ok=True)  # a volume mounted late is found then
+        path = self.directory / f".write-probe.{uuid.uuid4().hex[:8]}.partial"  # a crash's left-over goes at start
+        try:
+            with path.open("wb") as handle:
+                handle.write(b"tta-server write probe\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            path.unlink(missing_ok=True)
 
     def exists(self, stream_id: str) -> bool:
         return self.path(stream_id).is_file()
