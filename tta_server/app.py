@@ -83,12 +83,12 @@ def _check_budget_fits_a_step(settings: Settings, streams: StreamManager, source
     estimate = streams.budget.measure(adapter, source)
     # a one-image request runs with the buffered images of a stream (OnlineStream.step_images)
     images = 1 if settings.min_adapt_batch <= 1 else settings.min_adapt_batch + 1
-    smallest = estimate.bytes_for(images) + adapter.state_bytes()
+    smallest = estimate.bytes_for(images) + adapter.state_bytes() + streams.budget.objects_of(adapter)
     if smallest > (budget := settings.memory_budget_bytes or 0):
         raise ValueError(
             f"memory_budget_bytes={budget} cannot hold a single step: the default adapter "
             f"{settings.default_adapter!r} needs {smallest} B ({smallest / 2**20:.1f} MiB) for one image with "
-            f"min_adapt_batch={settings.min_adapt_batch} (working memory and one stream's state); "
+            f"min_adapt_batch={settings.min_adapt_batch} (working memory and one stream's state and objects); "
             "raise the budget, or lower min_adapt_batch"
         )
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adapters import SourceModel, create_adapter, create_source_model, get_frozen_forward
-from adapters.memory import measure_working_memory, step_memory
+from adapters.memory import measure_object_bytes, measure_working_memory, step_memory
 from adapters.online import OnlineStream
 from tests.conftest import image_batch
 from tests.helpers import files, images, probabilities
@@ -35,13 +35,18 @@ def state_after_a_step(images: int = 4) -> int:
     return stream.state_bytes()
 
 
+def held_after_a_step(images: int = 4) -> int:
+    """What the budget counts for that stream: its state and its adapter's Python objects."""
+    return state_after_a_step(images) + measure_object_bytes("tent", create_source_model())
+
+
 def test_idle_streams_spill_and_wake_up_unchanged(tmp_path: Path) -> None:
     # the budget holds one stream, not two, plus one step of 4 images (working memory and undo copy)
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(4)
     settings = Settings(
         default_adapter="tent",
         min_adapt_batch=4,
-        memory_budget_bytes=working + 9 * state_after_a_step() // 4,
+        memory_budget_bytes=working + state_after_a_step() + 5 * held_after_a_step() // 4,
         snapshot_dir=tmp_path,
         **SMALL_STEPS,
     )
@@ -145,8 +150,8 @@ def test_working_memory_estimate_bounds_the_steps_in_between(bundled_source: Sou
 
 def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchanged(tmp_path: Path) -> None:
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
-    state = state_after_a_step(8)
-    budget = working.bytes_for(8) + 3 * state  # one step of 8 images fits, one of 32 does not
+    state, held = state_after_a_step(8), held_after_a_step(8)
+    budget = working.bytes_for(8) + state + 2 * held  # one step of 8 images fits, one of 32 does not
     settings = Settings(
         default_adapter="tent", min_adapt_batch=4, memory_budget_bytes=budget, snapshot_dir=tmp_path, **SMALL_STEPS
     )
@@ -165,6 +170,8 @@ def test_a_step_larger_than_the_budget_is_refused_and_leaves_the_stream_unchange
         assert memory["budget_bytes"] == budget and memory["in_flight_bytes"] == 0
         assert memory["state_bytes"] > 0 and memory["working_memory"][0]["adapter"] == "tent"
         assert memory["working_memory"][0]["per_image_bytes"] > 0
+        objects = memory["working_memory"][0]["object_bytes_per_stream"]
+        assert objects > 0 and memory["state_bytes"] == client.get("/v1/streams/big").json()["state_bytes"] + objects
 
 
 def test_dynamic_batching_never_groups_requests_into_a_step_the_budget_cannot_hold(tmp_path: Path) -> None:
@@ -174,8 +181,8 @@ def test_dynamic_batching_never_groups_requests_into_a_step_the_budget_cannot_ho
     from concurrent.futures import ThreadPoolExecutor
 
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES)
-    state = state_after_a_step(8)
-    budget = working.bytes_for(8) + 3 * state  # steps of up to 8 images fit, 32 do not
+    state, held = state_after_a_step(8), held_after_a_step(8)
+    budget = working.bytes_for(8) + state + 2 * held  # steps of up to 8 images fit, 32 do not
     settings = Settings(
         default_adapter="tent",
         min_adapt_batch=4,
@@ -233,9 +240,9 @@ def test_a_step_that_can_never_fit_is_refused_at_once_while_other_steps_run(
 def test_concurrent_steps_wait_for_working_memory_instead_of_exceeding_the_budget(tmp_path: Path) -> None:
     source = create_source_model()
     working = measure_working_memory("tent", source, sizes=SIZES).bytes_for(8)
-    state = state_after_a_step(8)
+    state, held = state_after_a_step(8), held_after_a_step(8)
     step = working + state  # a step's working memory plus the copy that undoes a diverged step
-    budget = 4 * state + step + step // 2  # four states and one step at a time, not two
+    budget = 4 * held + step + step // 2  # four streams and one step at a time, not two
     peaks = {"total": 0, "in_flight": 0}
 
     async def main() -> list[int]:
@@ -268,11 +275,12 @@ def test_spill_and_wake_are_exact_for_small_requests(tmp_path: Path) -> None:
     each request spills the other stream with its buffer, and every answer equals the answer of an
     uninterrupted in-process stream."""
     working = measure_working_memory("tent", create_source_model(), sizes=SIZES).bytes_for(8)
+    buffered = 3 * 3 * 32 * 32 * 4  # 3 images held for the next step
     settings = Settings(
         default_adapter="tent",
         min_adapt_batch=4,
-        # one stream's state with 3 buffered images, its undo copy, and a quarter more: never two streams
-        memory_budget_bytes=working + 9 * (state_after_a_step() + 3 * 3 * 32 * 32 * 4) // 4,
+        # one stream with 3 buffered images, its undo copy, and a quarter more: never two streams
+        memory_budget_bytes=working + buffered + state_after_a_step() + 5 * (held_after_a_step() + buffered) // 4,
         snapshot_dir=tmp_path,
         **SMALL_STEPS,
     )

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import torch
 
-from adapters import SourceModel
+from adapters import SourceModel, create_adapter
 from tests.conftest import image_batch
 from tests.helpers import damage_inside, png
 from tests.server_harness import running_server
@@ -394,12 +394,14 @@ def test_spills_and_wakes_leave_the_event_loop_free_and_a_stream_in_transit_lose
                 last = time.monotonic()
 
         try:
+            # measured first, so that every stream counts its adapter's objects from its creation
+            tent = create_adapter("tent", tiny_source)
+            estimate = await manager.budget.estimate(tent, tiny_source, manager.in_executor)
             for name in ("a", "b"):
                 await manager.step(name, image_batch(4))
-            online = manager.streams["a"].online
-            state = online.state_bytes()
-            need = (await manager.budget.estimate(online.adapter, tiny_source, manager.in_executor)).bytes_for(4)
-            manager.budget.budget_bytes = state + (need + state) + state // 2  # one stream and one step
+            state, held = manager.streams["a"].online.state_bytes(), manager.streams["a"].held_bytes()
+            need = estimate.bytes_for(4)
+            manager.budget.budget_bytes = held + (need + state) + held // 2  # one stream and one step
             ticker = asyncio.create_task(tick())
             spilling = asyncio.create_task(manager.make_room(keep="b", extra_bytes=need + state))
             await asyncio.sleep(0.3)
@@ -444,14 +446,17 @@ def test_a_wake_waits_for_a_running_step_to_free_the_room_instead_of_failing(
     async def main() -> None:
         manager = StreamManager(tiny_source, StreamOptions(min_adapt_batch=4, workers=1), SnapshotStore(tmp_path))
         try:
+            # measured first, so that every stream counts its adapter's objects from its creation
+            tent = create_adapter("tent", tiny_source)
+            estimate = await manager.budget.estimate(tent, tiny_source, manager.in_executor)
             for name in ("a", "b"):
                 await manager.step(name, image_batch(4))
             online = manager.streams["b"].online
-            state = online.state_bytes()
-            need = (await manager.budget.estimate(online.adapter, tiny_source, manager.in_executor)).bytes_for(4)
+            state, held = online.state_bytes(), manager.streams["b"].held_bytes()
+            need = estimate.bytes_for(4)
             assert await manager.spill(manager.streams["a"])
-            # both states fit, but not beside b's running step
-            manager.budget.budget_bytes = 2 * state + (need + state) - 1
+            # both streams fit, but not beside b's running step
+            manager.budget.budget_bytes = 2 * held + (need + state) - 1
             step = online.step
 
             def slow_step(batch: torch.Tensor) -> torch.Tensor:

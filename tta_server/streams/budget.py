@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from adapters import Adapter, SourceModel
-from adapters.memory import WorkingMemory, measure_working_memory
+from adapters.memory import WorkingMemory, measure_object_bytes, measure_working_memory
 from tta_server.streams.errors import MemoryBudgetError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,8 @@ class MemoryBudget:
         self._measuring = asyncio.Lock()
         # per adapter + config: (adapter name, config, estimate), measured on first use
         self.estimates: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
+        # per adapter + config: the Python objects of one stream's adapter, measured with its estimate
+        self.object_bytes: dict[str, int] = {}
         # working memory is measured at a small step and at the largest step the server runs
         small = max(2, min(8, largest_step // 2))
         self.calibration_sizes = (small, max(largest_step, small + 1))
@@ -90,17 +92,27 @@ class MemoryBudget:
         config = adapter.config.model_dump(mode="json")
         started = time.perf_counter()
         estimate = measure_working_memory(adapter.name, source, config, self.calibration_sizes)
+        objects = measure_object_bytes(adapter.name, source, config, warm=False)
         logger.info(
-            "working memory of %s: %d B at %d images, %d B at %d images (measured in %.1f s)",
+            "working memory of %s: %d B at %d images, %d B at %d images; %d B of objects per stream (measured in "
+            "%.1f s)",
             adapter.name,
             estimate.small_bytes,
             estimate.small_images,
             estimate.large_bytes,
             estimate.large_images,
+            objects,
             time.perf_counter() - started,
         )
-        self.estimates[working_key(adapter)] = (adapter.name, config, estimate)
+        key = working_key(adapter)
+        self.object_bytes[key] = objects
+        self.estimates[key] = (adapter.name, config, estimate)
         return estimate
+
+    def objects_of(self, adapter: Adapter) -> int:
+        """The Python objects a stream of this adapter and config holds beside its tensors (0 until
+        measured: with its working memory, on the first step of that adapter and config)."""
+        return self.object_bytes.get(working_key(adapter), 0)
 
     async def fit(self, extra: int, used: Callable[[], int], make_room: Callable[[int], Awaitable[None]]) -> None:
         """Return once states (``used()``), reservations and ``extra`` bytes fit, in the same event
@@ -167,6 +179,12 @@ class MemoryBudget:
 
     def report(self) -> list[dict[str, Any]]:
         return [
-            {"adapter": name, "config": config, **dataclasses.asdict(est), "per_image_bytes": est.per_image_bytes}
-            for name, config, est in self.estimates.values()
+            {
+                "adapter": name,
+                "config": config,
+                **dataclasses.asdict(est),
+                "per_image_bytes": est.per_image_bytes,
+                "object_bytes_per_stream": self.object_bytes.get(key, 0),
+            }
+            for key, (name, config, est) in self.estimates.items()
         ]

@@ -139,8 +139,11 @@ class StreamManager(Stepping):
         online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
-        await self.budget.fit(online.state_bytes(), self.state_total, lambda extra: self._make_room(None, extra))
-        stream = self.streams[stream_id] = Stream(stream_id, online)
+        objects = self.budget.objects_of(online.adapter)
+        await self.budget.fit(
+            online.state_bytes() + objects, self.state_total, lambda extra: self._make_room(None, extra)
+        )
+        stream = self.streams[stream_id] = Stream(stream_id, online, object_bytes=objects)
         if state is None and self.ownership is not None:
             self.stored += 1  # counted as in the store until the next count says otherwise
         if state is not None:

@@ -44,7 +44,7 @@ class Residency(Claims):
         raise NotImplementedError  # the manager's: a stream from its snapshot, ``transfers`` held
 
     def state_total(self) -> int:
-        return sum(stream.online.state_bytes() for stream in self.streams.values())
+        return sum(stream.held_bytes() for stream in self.streams.values())
 
     def fits(self, extra_bytes: int) -> bool:
         budget = self.budget.budget_bytes

@@ -71,7 +71,7 @@ class Stepping(Residency):
     def _refuse_if_never_fits(self, stream: Stream, images: int, step_need: Callable[[int], int]) -> None:
         """:class:`StepTooLargeError` now, not after ``memory_wait_s``, for a step that no spill
         and no finished step could ever make room for (beside the stream's own state)."""
-        budget, state = self.budget.budget_bytes, stream.online.state_bytes()
+        budget, state = self.budget.budget_bytes, stream.held_bytes()
         assert budget is not None
         if step_need(images) + state <= budget:
             return
@@ -92,6 +92,7 @@ class Stepping(Residency):
         per adapter and config) and the undo copy of the state."""
         online = stream.online
         estimate = await self.budget.estimate(online.adapter, self.source, self.in_executor)
+        stream.object_bytes = self.budget.objects_of(online.adapter)  # a stream created before the measurement
         return lambda images: estimate.bytes_for(online.step_images(images)) + online.state_bytes()
 
     async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
@@ -122,7 +123,7 @@ class Stepping(Residency):
         limit = self.options.max_batch_size
         if self.budget.enabled:  # no group the budget could never hold: each of its requests might fit alone
             need = await self._step_need(stream)
-            limit = self.budget.most_images(lambda images: need(images) + stream.online.state_bytes(), limit)
+            limit = self.budget.most_images(lambda images: need(images) + stream.held_bytes(), limit)
         return await enqueue(stream, batch, on_result, delay_s, limit, self._step)
 
     async def _step(self, stream: Stream, batch: Tensor, on_result: OnResult | None = None) -> StepResult:

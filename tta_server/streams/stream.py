@@ -106,6 +106,7 @@ class Stream:
     saved_version: int = -1  # the version the store holds
     deleted: bool = False  # set under the lock by delete: later work on this object must not write
     feedback: FeedbackTotals = field(default_factory=FeedbackTotals)  # online error from label feedback
+    object_bytes: int = 0  # the adapter's Python objects beside its tensors (MemoryBudget.objects_of)
     # dynamic batching: requests waiting to be grouped into one step, and whether a drain runs
     queue: list[Queued] = field(default_factory=list)
     draining: bool = False
@@ -115,6 +116,10 @@ class Stream:
     def snapshot_state(self) -> dict[str, Any]:
         """What the snapshot store keeps: the online adapter's state and the feedback totals."""
         return {**self.online.state_dict(), "feedback": self.feedback.as_dict()}
+
+    def held_bytes(self) -> int:
+        """What the memory budget counts for this stream: its state's tensors and its objects."""
+        return self.online.state_bytes() + self.object_bytes
 
     def touch(self) -> None:
         self.last_used_at, self.used_at = time.time(), time.monotonic()
