@@ -58,6 +58,7 @@ def build_services(settings: Settings) -> Services:
         max_delay_ms=settings.max_delay_ms,
         memory_budget_bytes=settings.memory_budget_bytes,
         memory_wait_s=settings.memory_wait_s,
+        max_adapter_configs=settings.max_adapter_configs,
         # the most images one step can hold: a request, a batching group, or buffered small requests
         largest_step=max(settings.max_images_per_request, settings.max_batch_size, 2 * settings.min_adapt_batch),
         auto_create=settings.auto_create_streams,

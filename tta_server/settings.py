@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         description="with memory_budget_bytes: how long a step waits for running steps to free working "
         "memory before it is refused with 503",
     )
+    max_adapter_configs: int = Field(
+        32,
+        ge=1,
+        description="with memory_budget_bytes: distinct adapter configs whose working memory is measured (each "
+        "measurement pauses every step for seconds); a stream with one more gets 503 stream_limit",
+    )
     idle_timeout_s: float | None = Field(
         None, gt=0, description="streams unused this long leave memory: to snapshot_dir if set, else dropped"
     )

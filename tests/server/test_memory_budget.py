@@ -411,3 +411,35 @@ def test_making_room_frees_each_spilled_stream_before_writing_the_next(
             manager.close()
 
     asyncio.run(main())
+
+
+def test_configs_differing_in_learning_rate_share_one_estimate_and_new_configs_are_bounded(tmp_path: Path) -> None:
+    """Each distinct config's working memory is measured while every step waits; a client sweeping
+    learning rates (or seeds) reuses one measurement, and distinct configs beyond
+    max_adapter_configs are refused at creation instead of pausing the server once more each."""
+    settings = Settings(
+        default_adapter="tent",
+        min_adapt_batch=4,
+        memory_budget_bytes=2**31,
+        snapshot_dir=tmp_path,
+        max_adapter_configs=2,
+        **SMALL_STEPS,
+    )
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def create(stream_id: str, config: dict) -> httpx.Response:  # type: ignore[type-arg]
+            return client.post("/v1/streams", json={"stream_id": stream_id, "adapter": "tent", "config": config})
+
+        for i, lr in enumerate((0.01, 0.02, 0.005)):
+            config = {"seed": i, "optimizer": {"name": "adam", "lr": lr, "betas": [0.8, 0.99]}}
+            assert create(f"lr-{i}", config).status_code == 201
+            step = client.post("/v1/predict", files=files(images(4, i)), headers={"X-Stream-Id": f"lr-{i}"})
+            assert step.status_code == 200, step.text
+        assert len(client.get("/v1/memory").json()["working_memory"]) == 1  # the default's, measured at start
+        assert create("sgd", {"optimizer": {"name": "sgd", "lr": 0.01}}).status_code == 201  # a second config
+        refused = create("fp32", {"precision": "fp32"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "stream_limit", refused.text
+        assert "max_adapter_configs=2" in refused.json()["error"]["message"]
+        assert client.get("/v1/streams/fp32").status_code == 404
+        step = client.post("/v1/predict", files=files(images(4, 9)), headers={"X-Stream-Id": "sgd"})
+        assert step.status_code == 200 and len(client.get("/v1/memory").json()["working_memory"]) == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,19 +20,30 @@ from typing import Any
 
 from adapters import Adapter, SourceModel
 from adapters.memory import WorkingMemory, measure_object_bytes, measure_working_memory
-from tta_server.streams.errors import MemoryBudgetError
+from tta_server.streams.errors import MemoryBudgetError, StreamLimitError
 
 logger = logging.getLogger(__name__)
 
 
 def working_key(adapter: Adapter) -> str:
-    return f"{adapter.name} {adapter.config.model_dump_json()}"
+    """What a working-memory estimate is measured for: the adapter and its config, less what
+    allocates nothing of its own (the seed, the optimizer's learning rate and betas, and its
+    momentum beyond whether there is one). Streams that differ only there share one estimate, so a
+    client sweeping learning rates does not pause every stream for a measurement per value."""
+    config = adapter.config.model_dump(mode="json")
+    config.pop("seed", None)
+    optimizer = config.get("optimizer")
+    if isinstance(optimizer, dict):
+        momentum = bool(optimizer.get("momentum"))
+        config["optimizer"] = {**optimizer, "lr": None, "betas": None, "momentum": momentum}
+    return f"{adapter.name} {json.dumps(config, sort_keys=True)}"
 
 
 class MemoryBudget:
-    def __init__(self, budget_bytes: int | None, wait_s: float, largest_step: int) -> None:
+    def __init__(self, budget_bytes: int | None, wait_s: float, largest_step: int, max_configs: int = 32) -> None:
         self.budget_bytes = budget_bytes
         self.wait_s = wait_s
+        self.max_configs = max_configs  # distinct estimates: each measurement pauses every step
         self.in_flight_bytes = 0
         self._freed = asyncio.Condition()  # notified on every release (estimates wait for no step in flight)
         self._released: asyncio.Future[None] | None = None
@@ -40,6 +52,7 @@ class MemoryBudget:
         self.estimates: dict[str, tuple[str, dict[str, Any], WorkingMemory]] = {}
         # per adapter + config: the Python objects of one stream's adapter, measured with its estimate
         self.object_bytes: dict[str, int] = {}
+        self.admitted: set[str] = set()  # keys of the configs of streams created so far (see admit)
         # working memory is measured at a small step and at the largest step the server runs
         small = max(2, min(8, largest_step // 2))
         self.calibration_sizes = (small, max(largest_step, small + 1))
@@ -105,9 +118,30 @@ class MemoryBudget:
             time.perf_counter() - started,
         )
         key = working_key(adapter)
+        self.admitted.add(key)
         self.object_bytes[key] = objects
         self.estimates[key] = (adapter.name, config, estimate)
         return estimate
+
+    def admit(self, adapter: Adapter, new_stream: bool = True) -> None:
+        """Admit a stream's adapter config, counted against ``max_configs`` once per distinct
+        estimate it will need, whether measured yet or not (else streams created first and stepped
+        later would each be measured). Measuring one pauses every step for seconds, so a client must
+        not be able to ask for that without bound: a new stream beyond it gets
+        :class:`StreamLimitError`. A stream restored from a snapshot (``new_stream=False``) was
+        admitted when it was created and is always admitted again."""
+        if not self.enabled:
+            return  # nothing is measured without a budget
+        key = working_key(adapter)
+        if key in self.admitted:
+            return
+        if new_stream and len(self.admitted) >= self.max_configs:
+            raise StreamLimitError(
+                f"max_adapter_configs={self.max_configs} reached: the memory budget measures the working memory of "
+                "that many distinct adapter configs and no more; use the config of an existing stream (configs that "
+                "differ only in seed and optimizer lr and betas share one), or raise max_adapter_configs"
+            )
+        self.admitted.add(key)
 
     def objects_of(self, adapter: Adapter) -> int:
         """The Python objects a stream of this adapter and config holds beside its tensors (0 until

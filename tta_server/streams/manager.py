@@ -52,7 +52,9 @@ class StreamManager(Stepping):
             raise ValueError("replica_id (stream ownership between replicas) needs the shared snapshot_dir")
         self.source, self.options, self.store = source, options, store
         self.ownership = ownership  # with replicas sharing the store: who holds which stream
-        self.budget = MemoryBudget(options.memory_budget_bytes, options.memory_wait_s, options.largest_step)
+        self.budget = MemoryBudget(
+            options.memory_budget_bytes, options.memory_wait_s, options.largest_step, options.max_adapter_configs
+        )
         self.frozen = get_frozen_forward(source)
         self.streams: dict[str, Stream] = {}
         self.spilled: set[str] = set()  # streams whose latest state is only in the store
@@ -137,6 +139,11 @@ class StreamManager(Stepping):
                 "snapshot store): delete streams, or raise the limit"
             )
         online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
+        try:
+            self.budget.admit(online.adapter, new_stream=state is None)  # at creation, not at its first step
+        except StreamLimitError:
+            self.counters["refused_stream_limit"] += 1
+            raise
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
         objects = self.budget.objects_of(online.adapter)

@@ -52,6 +52,7 @@ class StreamOptions:
     max_delay_ms: float = 0.0  # dynamic batching window (0: off)
     memory_budget_bytes: int | None = None
     memory_wait_s: float = 30.0
+    max_adapter_configs: int = 32  # distinct working-memory estimates the budget measures
     largest_step: int = 256  # the most images one step can hold (working-memory calibration)
     auto_create: bool = True
     source_signals: bool = True  # each step's signals compare with the frozen source prediction
