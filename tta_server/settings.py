@@ -188,6 +188,12 @@ class Settings(BaseSettings):
         30.0, gt=0, description="on SIGTERM, how long in-flight requests may take before they are cut"
     )
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger images (decompression bombs)")
+    max_request_pixels: int = Field(
+        2**27,
+        ge=1,
+        description="the pixels of one request's images together (at least max_image_pixels): decoding time "
+        "grows with pixels, not bytes, so more gets 413 too_many_pixels before it is decoded",
+    )
     top_k: int = Field(5, ge=1, description="labels and probabilities returned per image")
     workers: int = Field(2, ge=1, description="threads running model work off the event loop")
     min_adapt_batch: int = Field(
@@ -223,6 +229,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_inflight_request_bytes={self.max_inflight_request_bytes} is below max_request_bytes="
                 f"{self.max_request_bytes}: the largest request allowed could never be admitted"
+            )
+        if self.max_request_pixels < self.max_image_pixels:
+            raise ValueError(
+                f"max_request_pixels={self.max_request_pixels} is below max_image_pixels={self.max_image_pixels}: "
+                "the largest image allowed could never be decoded"
             )
         return self
 

@@ -160,3 +160,36 @@ def test_absurd_adapter_configs_are_refused(url: str) -> None:
     for config in ({"optimizer": {"lr": 1e6}}, {"optimizer": {"lr": -1}}, {"optimizer": {"momentum": 5}}):
         response = httpx.post(f"{url}/v1/streams", json={"stream_id": "absurd", "adapter": "tent", "config": config})
         assert response.status_code == 400 and response.json()["error"]["code"] == "adapter_error", response.text
+
+
+def test_images_that_decode_to_too_many_pixels_together_are_refused_before_decoding() -> None:
+    """Small files of huge flat images: each within max_image_pixels, together past
+    max_request_pixels, so the request costs a header read per file, not seconds of decoding."""
+    import io
+
+    from PIL import Image
+
+    side = 1024
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (120, 30, 200)).save(buffer, "PNG")
+    flat = buffer.getvalue()
+    assert len(flat) < 16 * 1024  # a few KiB that decode to a million pixels
+    settings = Settings(
+        default_adapter="tent", min_adapt_batch=2, max_image_pixels=side * side, max_request_pixels=2 * side * side
+    )
+    with running_server(settings) as base, httpx.Client(base_url=base, timeout=60) as client:
+
+        def send(n: int) -> httpx.Response:
+            files = [("files", (f"{i}.png", flat, "image/png")) for i in range(n)]
+            return client.post("/v1/predict", files=files, headers={"X-Stream-Id": "flat"})
+
+        refused = send(3)
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "too_many_pixels", refused.text
+        assert "image 2" in refused.json()["error"]["message"] and "max_request_pixels=2097152" in refused.text
+        assert client.get("/v1/streams/flat").status_code == 404  # refused before the stream was made
+        assert send(2).status_code == 200  # within the limit: resized to the model's input and served
+
+
+def test_a_request_pixel_limit_below_the_image_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="could never be decoded"):
+        Settings(max_image_pixels=1000, max_request_pixels=999)

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from adapters import Preprocessing
 from tta_server.codec import tensors
 from tta_server.codec.errors import ApiError
-from tta_server.codec.images import decode_image
+from tta_server.codec.images import PixelBudget, decode_image
 from tta_server.codec.jsonbody import parse_json
 
 
 async def decode_predict(
-    request: Request, preprocessing: Preprocessing, max_images: int, max_pixels: int
+    request: Request, preprocessing: Preprocessing, max_images: int, max_pixels: int, max_request_pixels: int
 ) -> torch.Tensor:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/octet-stream"):
@@ -49,8 +49,9 @@ async def decode_predict(
     if len(payloads) > max_images:
         raise ApiError(413, "too_many_images", f"{len(payloads)} images; max_images_per_request={max_images}")
     # decoding is CPU work: keep it off the event loop
+    budget = PixelBudget(max_request_pixels)
     images = await asyncio.to_thread(
-        lambda: [decode_image(d, label, preprocessing, max_pixels) for label, d in payloads]
+        lambda: [decode_image(d, label, preprocessing, max_pixels, budget) for label, d in payloads]
     )
     return torch.stack(images)
 

@@ -53,7 +53,11 @@ async def predict(
     stream_id = validate_stream_id(x_stream_id or settings.default_stream)
     request.state.stream_id = stream_id
     batch = await decode_predict(
-        request, source.preprocessing, settings.max_images_per_request, settings.max_image_pixels
+        request,
+        source.preprocessing,
+        settings.max_images_per_request,
+        settings.max_image_pixels,
+        settings.max_request_pixels,
     )
     request_id = str(request.state.request_id)
 
