@@ -145,7 +145,8 @@ def measure_object_bytes(
     Traced with ``tracemalloc`` over ``copies`` fresh adapters, each after one step of two images
     (lazily created state exists then), kept alive until the count. Tensor storage is not on the
     Python heap, so it is not counted twice; the C++ side of each tensor is not counted at all.
-    Other threads' allocations while it runs add noise of a few KiB. ``warm`` first runs one
+    What other threads allocate meanwhile and still hold at the end counts too: the figure errs high
+    from them, never low. ``warm`` first runs one
     untraced adapter, so that caches filled on first use are not counted: pass False right after
     :func:`measure_working_memory` of the same adapter, which has filled them."""
     generator = torch.Generator().manual_seed(seed)
