@@ -92,7 +92,8 @@ class Stepping(Residency):
         per adapter and config) and the undo copy of the state."""
         online = stream.online
         estimate = await self.budget.estimate(online.adapter, self.source, self.in_executor)
-        stream.object_bytes = self.budget.objects_of(online.adapter)  # a stream created before the measurement
+        if not stream.object_bytes:  # a stream created before its config was measured
+            stream.object_bytes = self.budget.objects_of(online.adapter)
         return lambda images: estimate.bytes_for(online.step_images(images)) + online.state_bytes()
 
     async def in_executor(self, fn: Callable[..., T], *args: Any) -> T:
