@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from adapters import Adapter, SourceModel
+from adapters import Adapter, AdapterConfig, SourceModel, get_adapter_class
 from adapters.memory import WorkingMemory, measure_object_bytes, measure_working_memory
 from tta_server.streams.errors import MemoryBudgetError, StreamLimitError
 
@@ -26,17 +26,21 @@ logger = logging.getLogger(__name__)
 
 
 def working_key(adapter: Adapter) -> str:
+    return config_key(adapter.name, adapter.config)
+
+
+def config_key(name: str, adapter_config: AdapterConfig) -> str:
     """What a working-memory estimate is measured for: the adapter and its config, less what
     allocates nothing of its own (the seed, the optimizer's learning rate and betas, and its
     momentum beyond whether there is one). Streams that differ only there share one estimate, so a
     client sweeping learning rates does not pause every stream for a measurement per value."""
-    config = adapter.config.model_dump(mode="json")
+    config = adapter_config.model_dump(mode="json")
     config.pop("seed", None)
     optimizer = config.get("optimizer")
     if isinstance(optimizer, dict):
         momentum = bool(optimizer.get("momentum"))
         config["optimizer"] = {**optimizer, "lr": None, "betas": None, "momentum": momentum}
-    return f"{adapter.name} {json.dumps(config, sort_keys=True)}"
+    return f"{name} {json.dumps(config, sort_keys=True)}"
 
 
 class MemoryBudget:
@@ -123,16 +127,18 @@ class MemoryBudget:
         self.estimates[key] = (adapter.name, config, estimate)
         return estimate
 
-    def admit(self, adapter: Adapter, new_stream: bool = True) -> None:
+    def admit(self, adapter: str, config: dict[str, Any], new_stream: bool = True) -> None:
         """Admit a stream's adapter config, counted against ``max_configs`` once per distinct
         estimate it will need, whether measured yet or not (else streams created first and stepped
         later would each be measured). Measuring one pauses every step for seconds, so a client must
         not be able to ask for that without bound: a new stream beyond it gets
         :class:`StreamLimitError`. A stream restored from a snapshot (``new_stream=False``) was
-        admitted when it was created and is always admitted again."""
+        admitted when it was created and is always admitted again. Checked before the adapter is
+        built, so a refused stream costs no model copy; an invalid config raises ``AdapterError``."""
         if not self.enabled:
             return  # nothing is measured without a budget
-        key = working_key(adapter)
+        cls = get_adapter_class(adapter)
+        key = config_key(cls.name, cls.parse_config(config))
         if key in self.admitted:
             return
         if new_stream and len(self.admitted) >= self.max_configs:

@@ -138,12 +138,12 @@ class StreamManager(Stepping):
                 f"max_streams_total={self.options.max_streams_total} reached (streams in memory and in the "
                 "snapshot store): delete streams, or raise the limit"
             )
-        online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         try:
-            self.budget.admit(online.adapter, new_stream=state is None)  # at creation, not at its first step
+            self.budget.admit(adapter, config, new_stream=state is None)  # at creation, not at its first step
         except StreamLimitError:
             self.counters["refused_stream_limit"] += 1
             raise
+        online = await asyncio.to_thread(self.options.build, self.source, self.frozen, adapter, config, guard, state)
         # a new stream's state counts before it is held, so the budget is never exceeded; with
         # ``transfers`` held, room is made by spilling directly, or by waiting for running steps
         objects = self.budget.objects_of(online.adapter)
